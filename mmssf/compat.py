@@ -1,0 +1,1 @@
+"""Fixes for what the pinned OpenMMLab stack gets wrong on current torch / numpy."""

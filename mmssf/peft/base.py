@@ -1,0 +1,236 @@
+"""The contract every tuning method obeys.
+
+``method.apply(backbone)`` attaches the method's units to the modules its targets name, then
+freezes every backbone parameter except the method's own. After training:
+
+* ``method.peft_state_dict(backbone)`` — only the tuned tensors (and the buffers they need);
+* ``method.load_peft_state_dict(backbone, sd)`` — the inverse, strict about keys;
+* ``method.merge(backbone)`` — folds the tuning into the stock parameters and removes every hook
+  and extra parameter, leaving the stock class with exactly the stock state-dict keys and shapes;
+  methods that change the computation (VPT, Adapter) raise :class:`MergeError` instead.
+
+A method knows nothing of a particular backbone: it names *roles* (``qkv``, ``fc1`` ...) that the
+target tables in :mod:`mmssf.peft.targets` resolve, or user patterns (regex or name suffix).
+"""
+import copy
+import logging
+from typing import Dict, List, Optional
+
+import torch
+from torch import nn
+
+from .targets import TargetTable, find_table, resolve_targets
+
+_STATE_ATTR = '_mmssf_peft'
+logger = logging.getLogger('mmssf')
+
+
+class MergeError(RuntimeError):
+    """The tuned backbone cannot be folded into the stock one."""
+
+
+class PeftUnit:
+    """What one method attaches to one module.
+
+    Subclasses create their tensors with :meth:`add_parameter` / :meth:`add_buffer` (registered on
+    the tuned module, so they live under its name), hook the module in :meth:`attach` and fold
+    themselves into the stock parameters in :meth:`merge`.
+    """
+    mergeable = True
+
+    def __init__(self, method: 'PeftMethod', backbone: nn.Module, name: str, module: nn.Module,
+                 role: Optional[str], from_default: bool, **options):
+        self.method, self.backbone, self.name, self.module = method, backbone, name, module
+        self.role, self.from_default, self.options = role, from_default, options
+        self.param_names: List[str] = []
+        self.buffer_names: List[str] = []
+        self.handles = []
+
+    def add_parameter(self, name: str, tensor: torch.Tensor) -> nn.Parameter:
+        if name in self.module._parameters or name in self.module._buffers:
+            raise ValueError(f'{self.name} is already tuned ({name!r} exists): two methods or two '
+                             f'targets reach the same module')
+        param = nn.Parameter(tensor)
+        self.module.register_parameter(name, param)
+        self.param_names.append(name)
+        return param
+
+    def add_buffer(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        self.module.register_buffer(name, tensor)
+        self.buffer_names.append(name)
+        return tensor
+
+    def full_names(self, names) -> List[str]:
+        return [f'{self.name}.{n}' for n in names]
+
+    def attach(self) -> None:
+        raise NotImplementedError
+
+    def merge(self) -> None:
+        raise MergeError(f'{type(self.method).__name__} cannot be merged into the stock backbone')
+
+    def detach(self) -> None:
+        """Remove hooks, parameters and buffers this unit added."""
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+        for name in self.param_names:
+            del self.module._parameters[name]
+        for name in self.buffer_names:
+            del self.module._buffers[name]
+        self.param_names, self.buffer_names = [], []
+
+
+class PeftMethod:
+    """Base class of tuning methods.
+
+    Args:
+        targets: where to tune. ``None`` uses the method's default roles. Otherwise a list of roles /
+            patterns, or a dict ``{pattern: dict(option=value)}`` for per-target options. A pattern is
+            a role of the backbone's target table, a regex fully matching module names, or a module
+            name suffix. A user pattern that matches nothing raises ``ValueError`` listing the modules.
+        **options: method options shared by every target (per-target options override them).
+    """
+    #: unit class attached to every matched module
+    unit_cls = None
+    #: roles tuned when ``targets`` is None
+    default_targets: tuple = ()
+    #: whether :meth:`merge` can produce the stock backbone
+    mergeable = True
+
+    def __init__(self, targets=None, **options):
+        self.targets = targets
+        self.options = options
+        self.units: List[PeftUnit] = []
+        self.table: Optional[TargetTable] = None
+        self.stock_shapes: Dict[str, torch.Size] = {}
+
+    # -- building ---------------------------------------------------------------------------
+    def target_specs(self):
+        """``[(pattern, options, from_default)]`` from the ``targets`` argument."""
+        if self.targets is None:
+            return [(t, {}, True) for t in self.default_targets]
+        if isinstance(self.targets, str):
+            return [(self.targets, {}, False)]
+        if isinstance(self.targets, dict):
+            return [(k, dict(v or {}), False) for k, v in self.targets.items()]
+        return [(t, {}, False) for t in self.targets]
+
+    def apply(self, backbone: nn.Module) -> nn.Module:
+        """Attach to ``backbone`` (in place) and freeze everything but the tuned parameters."""
+        if _STATE_ATTR in backbone.__dict__:
+            raise ValueError(f'backbone is already tuned with {type(get_peft(backbone)).__name__}')
+        self.table = find_table(backbone)
+        self.stock_shapes = {k: v.shape for k, v in backbone.state_dict().items()}
+        seen = set()
+        modules = dict(backbone.named_modules())
+        for pattern, opts, from_default in self.target_specs():
+            names = resolve_targets(backbone, self.table, pattern, required=not from_default)
+            for name in names:
+                if name in seen:
+                    continue
+                seen.add(name)
+                unit = self.unit_class(modules[name])(self, backbone, name, modules[name], self.table.role_of(name),
+                                     from_default, **{**self.options, **opts})
+                unit.attach()
+                self.units.append(unit)
+        self.after_attach(backbone)
+        backbone.__dict__[_STATE_ATTR] = self
+        self.freeze(backbone)
+        return backbone
+
+    def unit_class(self, module: nn.Module):
+        """The unit class for ``module`` (methods mixing unit kinds override this)."""
+        return self.unit_cls
+
+    def after_attach(self, backbone: nn.Module) -> None:
+        """Hook for methods that coordinate their units (VPT-shallow)."""
+
+    # -- what is trained ----------------------------------------------------------------------
+    def trainable_names(self, backbone: nn.Module) -> List[str]:
+        names = []
+        for unit in self.units:
+            names += unit.full_names(unit.param_names)
+        return names
+
+    def buffer_names(self) -> List[str]:
+        names = []
+        for unit in self.units:
+            names += unit.full_names(unit.buffer_names)
+        return names
+
+    def freeze(self, backbone: nn.Module) -> None:
+        trainable = set(self.trainable_names(backbone))
+        for name, param in backbone.named_parameters():
+            param.requires_grad_(name in trainable)
+
+    def num_trainable(self, backbone: nn.Module) -> int:
+        return sum(p.numel() for p in backbone.parameters() if p.requires_grad)
+
+    # -- PEFT-only state ----------------------------------------------------------------------
+    def peft_state_dict(self, backbone: nn.Module) -> Dict[str, torch.Tensor]:
+        wanted = set(self.trainable_names(backbone)) | set(self.buffer_names())
+        return {k: v.detach().clone() for k, v in backbone.state_dict(keep_vars=True).items()
+                if k in wanted}
+
+    def load_peft_state_dict(self, backbone: nn.Module, state_dict: Dict[str, torch.Tensor]):
+        expected = self.peft_state_dict(backbone)
+        missing = sorted(set(expected) - set(state_dict))
+        unexpected = sorted(set(state_dict) - set(expected))
+        wrong = sorted(k for k in set(expected) & set(state_dict)
+                       if expected[k].shape != state_dict[k].shape)
+        if missing or unexpected or wrong:
+            raise KeyError(
+                f'PEFT state does not fit this {type(self).__name__} backbone: '
+                f'missing {_short(missing)}, unexpected {_short(unexpected)}, '
+                f'shape mismatch {_short(wrong)}')
+        current = backbone.state_dict(keep_vars=True)
+        with torch.no_grad():
+            for k, v in state_dict.items():
+                current[k].copy_(v)
+
+    # -- merge --------------------------------------------------------------------------------
+    def merge(self, backbone: nn.Module) -> nn.Module:
+        """Fold the tuning into the stock parameters; return the (same) stock backbone."""
+        if not self.mergeable:
+            raise MergeError(self.not_mergeable_reason())
+        with torch.no_grad():
+            for unit in self.units:
+                unit.merge()
+        return self._remove(backbone, check=True)
+
+    def not_mergeable_reason(self) -> str:
+        return f'{type(self).__name__} cannot be merged into the stock backbone'
+
+    def unapply(self, backbone: nn.Module) -> nn.Module:
+        """Remove the method without folding it in (the stock model, as before tuning)."""
+        return self._remove(backbone, check=False)
+
+    def _remove(self, backbone: nn.Module, check: bool) -> nn.Module:
+        for unit in self.units:
+            unit.detach()
+        self.units = []
+        backbone.__dict__.pop(_STATE_ATTR, None)
+        shapes = {k: v.shape for k, v in backbone.state_dict().items()}
+        if check and shapes != self.stock_shapes:
+            diff = sorted(set(shapes.items()) ^ set(self.stock_shapes.items()))
+            raise MergeError(f'merged backbone differs from the stock one: {_short(diff)}')
+        for param in backbone.parameters():
+            param.requires_grad_(True)
+        return backbone
+
+    def describe(self) -> dict:
+        """Plain-type description for checkpoint meta."""
+        return dict(type=type(self).__name__, targets=copy.deepcopy(self.targets),
+                    **{k: v for k, v in self.options.items()
+                       if isinstance(v, (int, float, str, bool, type(None), list, tuple))})
+
+
+def get_peft(backbone: nn.Module) -> Optional[PeftMethod]:
+    """The method applied to ``backbone``, or None."""
+    return backbone.__dict__.get(_STATE_ATTR)
+
+
+def _short(items, n=8):
+    items = list(items)
+    return '[' + ', '.join(map(str, items[:n])) + (f', ... ({len(items) - n} more)' if len(items) > n else '') + ']'

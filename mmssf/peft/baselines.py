@@ -1,0 +1,31 @@
+"""The papers' baselines in the same contract: BitFit, linear probing, full fine-tuning."""
+from torch import nn
+
+from ..registry import PEFT_METHODS
+from .base import PeftMethod
+
+_BIAS_NAMES = ('bias', 'in_proj_bias')
+
+
+@PEFT_METHODS.register_module()
+class BitFit(PeftMethod):
+    """Tune every bias of the backbone (Linear, Conv and LayerNorm biases, fused in-proj bias).
+
+    The tuned model *is* the stock model, so merge is the identity. ``targets`` is not used.
+    """
+
+    def trainable_names(self, backbone: nn.Module):
+        return [n for n, _ in backbone.named_parameters() if n.rsplit('.', 1)[-1] in _BIAS_NAMES]
+
+
+@PEFT_METHODS.register_module(name='Linear')
+class LinearProbe(PeftMethod):
+    """Freeze the whole backbone (only the neck / head outside it train). Merge is the identity."""
+
+
+@PEFT_METHODS.register_module(name='Full')
+class FullFineTune(PeftMethod):
+    """Train every backbone parameter. Merge is the identity."""
+
+    def trainable_names(self, backbone: nn.Module):
+        return [n for n, _ in backbone.named_parameters()]

@@ -1,0 +1,71 @@
+"""LoRA: ``W x + (α / r) B A x``; A kaiming-uniform, B zero. Merged as ``W' = W + (α/r) B A``."""
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..registry import PEFT_METHODS
+from .base import PeftMethod, PeftUnit
+from .hooks import add_weight_transform, remove_weight_transform, weight_and_bias_names
+
+
+def in_out_features(module: nn.Module):
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if isinstance(module, nn.MultiheadAttention):
+        return module.embed_dim, 3 * module.embed_dim
+    raise TypeError(f'LoRA / RLRR tune a Linear or an nn.MultiheadAttention in-projection, '
+                    f'not {type(module).__name__}')
+
+
+class LoRAUnit(PeftUnit):
+    """Low-rank update of one Linear (or fused in-projection).
+
+    Options: ``r`` (rank, default 8), ``alpha`` (default = r), ``dropout`` (default 0).
+    """
+
+    def attach(self):
+        fan_in, fan_out = in_out_features(self.module)
+        self.r = int(self.options.get('r', 8))
+        self.scaling = float(self.options.get('alpha', self.r)) / self.r
+        a = torch.empty(self.r, fan_in)
+        nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+        self.lora_A = self.add_parameter('lora_A', a)
+        self.lora_B = self.add_parameter('lora_B', torch.zeros(fan_out, self.r))
+        self.dropout = float(self.options.get('dropout', 0.0))
+        if isinstance(self.module, nn.MultiheadAttention):
+            w_name, _ = weight_and_bias_names(self.module)
+            add_weight_transform(self.module, 'lora', (w_name, ),
+                                 lambda m, p: {w_name: p[w_name] + self.delta()})
+        else:
+            self.handles.append(self.module.register_forward_hook(self.forward_hook))
+
+    def delta(self) -> torch.Tensor:
+        return (self.lora_B @ self.lora_A) * self.scaling
+
+    def forward_hook(self, module, args, out):
+        x = F.dropout(args[0], self.dropout, module.training) if self.dropout else args[0]
+        return out + F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scaling
+
+    def merge(self):
+        w_name, _ = weight_and_bias_names(self.module)
+        getattr(self.module, w_name).add_(self.delta())
+
+    def detach(self):
+        remove_weight_transform(self.module, 'lora')
+        super().detach()
+
+
+@PEFT_METHODS.register_module()
+class LoRA(PeftMethod):
+    """LoRA on the attention projections.
+
+    Args:
+        targets: default ``('qkv', )`` (the fused q/k/v projection of every block).
+        r (int): rank. Default 8.
+        alpha (float): scaling numerator; the update is scaled by alpha / r. Default r.
+        dropout (float): dropout on the LoRA input. Default 0.
+    """
+    unit_cls = LoRAUnit
+    default_targets = ('qkv', )

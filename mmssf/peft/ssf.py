@@ -1,0 +1,122 @@
+"""SSF: per-channel scale and shift after every operation (papers/ssf_neurips2022.txt).
+
+``y = γ ⊙ x + β`` on the output of each target, γ ~ N(1, σ), β ~ N(0, σ). Merged by folding into
+the producing op: a Linear / Conv gets ``W' = diag(γ) W, b' = γ ⊙ b + β``, a LayerNorm
+``g' = γ ⊙ g, b' = γ ⊙ b + β``. A bias-free producer folds β into the additive term the target
+table names as its sink (mmseg ViT: the position embedding); without one, the default placement
+drops the shift and a user placement that asks for it makes merge refuse.
+"""
+import logging
+
+import torch
+from torch import nn
+
+from ..registry import PEFT_METHODS
+from .base import MergeError, PeftMethod, PeftUnit
+from .functional import scale_shift
+from .hooks import add_weight_transform, remove_weight_transform, weight_and_bias_names
+
+logger = logging.getLogger('mmssf')
+
+SSF_ROLES = ('patch_embed', 'patch_embed_norm', 'norm1', 'qkv', 'proj', 'norm2', 'fc1', 'fc2',
+             'final_norm', 'out_norm')
+
+
+def out_channels(module: nn.Module) -> int:
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    if isinstance(module, nn.Conv2d):
+        return module.out_channels
+    if isinstance(module, nn.LayerNorm):
+        return module.normalized_shape[-1]
+    if isinstance(module, nn.MultiheadAttention):
+        return 3 * module.embed_dim
+    raise TypeError(f'SSF can follow a Linear, Conv2d, LayerNorm or nn.MultiheadAttention '
+                    f'in-projection, not {type(module).__name__}')
+
+
+class SSFUnit(PeftUnit):
+    """Scale (and shift) the output of one module.
+
+    Options: ``init_std`` (default 0.02), ``shift`` (default True).
+    """
+
+    def attach(self):
+        module = self.module
+        channels = out_channels(module)
+        std = self.options.get('init_std', 0.02)
+        self.scale = self.add_parameter('ssf_scale', torch.empty(channels).normal_(1.0, std))
+        self.sink = None
+        use_shift = self.options.get('shift', True)
+        if use_shift and not self.has_bias():
+            self.sink = self.method.table.shift_sinks.get(self.name)
+            if self.sink is None and self.from_default:
+                use_shift = False  # nowhere to fold it: the default placement stays mergeable
+        self.shift = (self.add_parameter('ssf_shift', torch.empty(channels).normal_(0.0, std))
+                      if use_shift else None)
+        if isinstance(module, nn.MultiheadAttention):
+            # The fused in-projection is no submodule: re-parameterize it (exactly the merge rule).
+            w_name, b_name = weight_and_bias_names(module)
+            add_weight_transform(module, 'ssf', (w_name, b_name), self.fold)
+        else:
+            dim = 1 if isinstance(module, nn.Conv2d) else -1
+            self.handles.append(module.register_forward_hook(
+                lambda m, args, out: scale_shift(out, m.ssf_scale, m._parameters.get('ssf_shift'), dim)))
+
+    def has_bias(self) -> bool:
+        if isinstance(self.module, nn.LayerNorm):
+            return self.module.bias is not None
+        return getattr(self.module, weight_and_bias_names(self.module)[1]) is not None
+
+    def fold(self, module, params):
+        """Effective (weight, bias) of the producer with this SSF folded in."""
+        w_name, b_name = weight_and_bias_names(module)
+        weight, bias = params[w_name], params[b_name]
+        view = (-1, ) + (1, ) * (weight.dim() - 1)
+        out = {w_name: weight * self.scale.view(view)}
+        if bias is not None:
+            out[b_name] = bias * self.scale + (self.shift if self.shift is not None else 0)
+        return out
+
+    def merge(self):
+        module = self.module
+        if isinstance(module, nn.LayerNorm):
+            if module.weight is None:
+                raise MergeError(f'SSF after {self.name}: LayerNorm without affine has no stock '
+                                 f'parameter to take the scale')
+            module.weight.mul_(self.scale)
+            if self.shift is not None:
+                module.bias.mul_(self.scale).add_(self.shift)
+            return
+        w_name, b_name = weight_and_bias_names(module)
+        bias = getattr(module, b_name)
+        if self.shift is not None and bias is None and self.sink is None:
+            raise MergeError(
+                f'SSF shift after {self.name} cannot be merged: the producer has no bias and the stock '
+                f'model adds nothing after it to take the shift (drop "shift" for this target)')
+        folded = self.fold(module, {w_name: getattr(module, w_name), b_name: bias})
+        for name, value in folded.items():
+            getattr(module, name).copy_(value)
+        if self.shift is not None and bias is None:
+            param_name, first_token = self.sink
+            sink = dict(self.backbone.named_parameters())[param_name]
+            sink[:, first_token:].add_(self.shift)
+
+    def detach(self):
+        remove_weight_transform(self.module, 'ssf')
+        super().detach()
+
+
+@PEFT_METHODS.register_module()
+class SSF(PeftMethod):
+    """Scale-and-shift features.
+
+    Args:
+        targets: roles / patterns; default: patch embed (+ its norm), and in every block norm1,
+            qkv, proj, norm2, fc1, fc2; the final / output norms. Add ``'merge_norm'`` for Swin
+            patch merging (the official code's intent; not in the published counts).
+        init_std (float): std of the N(1, σ) scale and N(0, σ) shift init. Default 0.02.
+        shift (bool): learn β as well as γ. Default True.
+    """
+    unit_cls = SSFUnit
+    default_targets = SSF_ROLES

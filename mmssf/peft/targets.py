@@ -1,0 +1,158 @@
+"""Target tables: where each tuning position lives in each supported backbone implementation.
+
+A table maps *roles* (``qkv``, ``proj``, ``fc1`` ...) to a regular expression over module names
+relative to the backbone. Methods speak only in roles (or user patterns); all knowledge of a
+particular implementation lives here, once.
+
+Roles:
+    patch_embed       the patch-embedding projection (Conv2d)
+    patch_embed_norm  the norm after it (Swin)
+    norm1 / norm2     pre-attention / pre-MLP LayerNorms of each block
+    qkv               the fused q/k/v projection (``nn.MultiheadAttention`` in-projection in mmseg ViT)
+    proj              the attention output projection
+    fc1 / fc2         the two MLP Linears
+    final_norm        the norm after the last block (ViT)
+    out_norm          the norms on the output stages (Swin ``norm{i}``)
+    merge_norm        the norm in Swin patch merging
+    merge_reduction   the bias-free Linear in Swin patch merging
+    block             a ViT encoder layer (VPT inserts prompts around it)
+    window_attn       a Swin window attention (VPT shares prompts across its windows)
+"""
+import re
+from dataclasses import dataclass, field
+from typing import Dict, List, Tuple
+
+from torch import nn
+
+_SWIN_BLOCK = r'stages\.\d+\.blocks\.\d+'
+_VIT_LAYER = r'layers\.\d+'
+
+
+@dataclass(frozen=True)
+class TargetTable:
+    """Roles of one backbone implementation.
+
+    Args:
+        name: implementation name shown in messages.
+        classes: dotted class paths this table describes (subclasses match too).
+        roles: role -> regex (full match) over module names.
+        kind: ``'vit'`` or ``'swin'``; decides how VPT inserts prompts.
+        shift_sinks: for a bias-free producer, the parameter that receives its output unchanged as
+            an additive term (``module name -> (parameter name, first token index)``), so an SSF shift
+            folds there at merge time.
+    """
+    name: str
+    classes: Tuple[str, ...]
+    roles: Dict[str, str]
+    kind: str
+    shift_sinks: Dict[str, Tuple[str, int]] = field(default_factory=dict)
+
+    def role_of(self, module_name: str):
+        for role, pattern in self.roles.items():
+            if re.fullmatch(pattern, module_name):
+                return role
+        return None
+
+
+SWIN_ROLES = {
+    'patch_embed': r'patch_embed\.projection',
+    'patch_embed_norm': r'patch_embed\.norm',
+    'norm1': _SWIN_BLOCK + r'\.norm1',
+    'qkv': _SWIN_BLOCK + r'\.attn\.w_msa\.qkv',
+    'proj': _SWIN_BLOCK + r'\.attn\.w_msa\.proj',
+    'norm2': _SWIN_BLOCK + r'\.norm2',
+    'fc1': _SWIN_BLOCK + r'\.ffn\.layers\.0\.0',
+    'fc2': _SWIN_BLOCK + r'\.ffn\.layers\.1',
+    'merge_norm': r'stages\.\d+\.downsample\.norm',
+    'merge_reduction': r'stages\.\d+\.downsample\.reduction',
+    'out_norm': r'norm\d+',
+    'window_attn': _SWIN_BLOCK + r'\.attn\.w_msa',
+}
+
+TABLES: List[TargetTable] = [
+    TargetTable(
+        name='mmpretrain VisionTransformer',
+        classes=('mmpretrain.models.backbones.vision_transformer.VisionTransformer', ),
+        kind='vit',
+        roles={
+            'patch_embed': r'patch_embed\.projection',
+            'norm1': _VIT_LAYER + r'\.ln1',
+            'qkv': _VIT_LAYER + r'\.attn\.qkv',
+            'proj': _VIT_LAYER + r'\.attn\.proj',
+            'norm2': _VIT_LAYER + r'\.ln2',
+            'fc1': _VIT_LAYER + r'\.ffn\.layers\.0\.0',
+            'fc2': _VIT_LAYER + r'\.ffn\.layers\.1',
+            'final_norm': r'ln1',
+            'block': _VIT_LAYER,
+        }),
+    TargetTable(
+        name='mmseg VisionTransformer',
+        classes=('mmseg.models.backbones.vit.VisionTransformer', ),
+        kind='vit',
+        roles={
+            'patch_embed': r'patch_embed\.projection',
+            'patch_embed_norm': r'patch_embed\.norm',
+            'norm1': _VIT_LAYER + r'\.ln1',
+            'qkv': _VIT_LAYER + r'\.attn\.attn',  # nn.MultiheadAttention: its fused in-projection
+            'proj': _VIT_LAYER + r'\.attn\.attn\.out_proj',
+            'norm2': _VIT_LAYER + r'\.ln2',
+            'fc1': _VIT_LAYER + r'\.ffn\.layers\.0\.0',
+            'fc2': _VIT_LAYER + r'\.ffn\.layers\.1',
+            'final_norm': r'norm1',
+            'block': _VIT_LAYER,
+        },
+        # patch_bias=False by default; the position embedding is added to the patch tokens
+        # (token 1 onwards, after the cls token) right after the projection.
+        shift_sinks={'patch_embed.projection': ('pos_embed', 1)}),
+    TargetTable(
+        name='mmpretrain SwinTransformer',
+        classes=('mmpretrain.models.backbones.swin_transformer.SwinTransformer', ),
+        kind='swin', roles=SWIN_ROLES),
+    TargetTable(
+        name='mmdet SwinTransformer',
+        classes=('mmdet.models.backbones.swin.SwinTransformer', ),
+        kind='swin', roles=SWIN_ROLES),
+    TargetTable(
+        name='mmseg SwinTransformer',
+        classes=('mmseg.models.backbones.swin.SwinTransformer', ),
+        kind='swin', roles=SWIN_ROLES),
+]
+
+
+def supported_backbones() -> List[str]:
+    return [t.name for t in TABLES]
+
+
+def find_table(backbone: nn.Module) -> TargetTable:
+    """The table of ``backbone``'s implementation (its class or nearest known base class)."""
+    for cls in type(backbone).__mro__:
+        path = f'{cls.__module__}.{cls.__qualname__}'
+        for table in TABLES:
+            if path in table.classes:
+                return table
+    raise TypeError(
+        f'mmssf has no target table for backbone class {type(backbone).__module__}.'
+        f'{type(backbone).__qualname__}; supported implementations: {", ".join(supported_backbones())}')
+
+
+def resolve_targets(backbone: nn.Module, table: TargetTable, pattern: str,
+                    required: bool = True) -> List[str]:
+    """Module names matched by ``pattern``: a role of ``table``, a regex (full match) or a suffix.
+
+    Raises:
+        ValueError: ``required`` and nothing matches; the message lists the names that exist.
+    """
+    names = [n for n, _ in backbone.named_modules() if n]
+    regex = table.roles.get(pattern, pattern)
+    try:
+        matched = [n for n in names if re.fullmatch(regex, n)]
+    except re.error:
+        matched = []
+    if not matched:
+        matched = [n for n in names if n == pattern or n.endswith('.' + pattern)]
+    if not matched and required:
+        shown = names if len(names) <= 60 else names[:60] + [f'... ({len(names) - 60} more)']
+        raise ValueError(
+            f'target {pattern!r} matches no module of {table.name}. Roles: '
+            f'{", ".join(table.roles)}. Module names: {", ".join(shown)}')
+    return matched

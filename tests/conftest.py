@@ -1,0 +1,80 @@
+"""Shared fixtures: tiny instances of every supported backbone implementation (random init)."""
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault('OMP_NUM_THREADS', '2')
+
+
+def _mmpretrain_vit(**kw):
+    from mmpretrain.models.backbones import VisionTransformer
+    return VisionTransformer(
+        arch=dict(embed_dims=32, num_layers=2, num_heads=2, feedforward_channels=64), img_size=64,
+        patch_size=16, out_indices=(0, 1), out_type='featmap', **kw)
+
+
+def _mmpretrain_swin(**kw):
+    from mmpretrain.models.backbones import SwinTransformer
+    return SwinTransformer(arch=dict(embed_dims=32, depths=[2, 1], num_heads=[2, 2]), img_size=64,
+                           window_size=7, out_indices=(0, 1), **kw)
+
+
+def _mmdet_swin(**kw):
+    from mmdet.models.backbones import SwinTransformer
+    return SwinTransformer(embed_dims=32, depths=(2, 1), num_heads=(2, 2), strides=(4, 2),
+                           window_size=7, out_indices=(0, 1), **kw)
+
+
+def _mmseg_swin(**kw):
+    from mmseg.models.backbones import SwinTransformer
+    return SwinTransformer(embed_dims=32, depths=(2, 1), num_heads=(2, 2), strides=(4, 2),
+                           window_size=7, out_indices=(0, 1), **kw)
+
+
+def _mmseg_vit(**kw):
+    from mmseg.models.backbones import VisionTransformer
+    return VisionTransformer(img_size=64, patch_size=16, embed_dims=32, num_layers=2, num_heads=2,
+                             mlp_ratio=2, out_indices=(0, 1), final_norm=True, **kw)
+
+
+# name -> (factory, input size). Swin inputs are not multiples of the window, so padding runs.
+BACKBONES = {
+    'mmpretrain_vit': (_mmpretrain_vit, (64, 64)),
+    'mmpretrain_swin': (_mmpretrain_swin, (72, 88)),
+    'mmdet_swin': (_mmdet_swin, (72, 88)),
+    'mmseg_swin': (_mmseg_swin, (72, 88)),
+    'mmseg_vit': (_mmseg_vit, (80, 96)),
+}
+
+
+def build_backbone(name, seed=0, **kw):
+    torch.manual_seed(seed)
+    factory, size = BACKBONES[name]
+    model = factory(**kw)
+    model.init_weights()
+    return model.eval(), size
+
+
+def flatten_outputs(outs):
+    """Backbone outputs (tensor / tuple / nested lists) -> list of tensors."""
+    if isinstance(outs, torch.Tensor):
+        return [outs]
+    flat = []
+    for out in outs:
+        flat += flatten_outputs(out)
+    return flat
+
+
+def randomize_peft(model, seed=1, std=0.1):
+    """Give every trainable parameter a random non-identity value."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in sorted(model.named_parameters()):
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=gen) * std)
+
+
+@pytest.fixture(params=sorted(BACKBONES))
+def backbone_name(request):
+    return request.param

@@ -1,0 +1,95 @@
+"""Merge equivalence: every mergeable method x every backbone implementation."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from conftest import build_backbone, flatten_outputs, randomize_peft
+from mmssf.peft import MergeError, apply_peft, get_peft
+
+MERGEABLE = {
+    'SSF': dict(type='SSF'),
+    'SSF_merge_norm': dict(type='SSF', targets=list(
+        __import__('mmssf.peft.ssf', fromlist=['SSF_ROLES']).SSF_ROLES) + ['merge_norm']),
+    'LoRA': dict(type='LoRA', targets=['qkv', 'proj', 'fc1', 'fc2'], r=4, alpha=8),
+    'RLRR': dict(type='RLRR'),
+    'BitFit': dict(type='BitFit'),
+}
+
+
+def _has_hooks(model):
+    return any(m._forward_hooks or m._forward_pre_hooks or 'forward' in m.__dict__
+               for m in model.modules())
+
+
+@pytest.mark.parametrize('method', sorted(MERGEABLE))
+def test_merge_equivalence(method, backbone_name):
+    model, size = build_backbone(backbone_name)
+    stock, _ = build_backbone(backbone_name, seed=123)
+    stock_shapes = {k: v.shape for k, v in stock.state_dict().items()}
+    apply_peft(model, MERGEABLE[method])
+    randomize_peft(model)
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        tuned = flatten_outputs(model(x))
+        get_peft(model).merge(model)
+        merged = flatten_outputs(model(x))
+    assert len(tuned) == len(merged) > 0
+    for t, m in zip(tuned, merged):
+        assert (t - m).abs().max().item() <= 1e-5
+    assert get_peft(model) is None and not _has_hooks(model)
+    assert type(model) is type(stock)
+    assert {k: v.shape for k, v in model.state_dict().items()} == stock_shapes
+    stock.load_state_dict(model.state_dict(), strict=True)
+    with torch.no_grad():
+        for t, s in zip(tuned, flatten_outputs(stock(x))):
+            assert (t - s).abs().max().item() <= 1e-5
+
+
+def test_tuning_changes_outputs(backbone_name):
+    """The equivalence above is not vacuous: randomized SSF moves the outputs."""
+    model, size = build_backbone(backbone_name)
+    x = torch.randn(1, 3, *size)
+    with torch.no_grad():
+        before = flatten_outputs(model(x))
+        apply_peft(model, dict(type='SSF'))
+        randomize_peft(model)
+        after = flatten_outputs(model(x))
+    assert max((a - b).abs().max().item() for a, b in zip(before, after)) > 1e-3
+
+
+def test_user_shift_on_bias_free_producer_refuses_merge():
+    model, _ = build_backbone('mmpretrain_swin')
+    apply_peft(model, dict(type='SSF', targets=['merge_reduction']))
+    with pytest.raises(MergeError, match='no bias'):
+        get_peft(model).merge(model)
+
+
+def test_merged_state_dict_loads_without_mmssf(tmp_path, backbone_name):
+    """A process that never imports mmssf loads the merged state dict with strict=True."""
+    model, size = build_backbone(backbone_name)
+    apply_peft(model, dict(type='SSF'))
+    randomize_peft(model)
+    x = torch.randn(1, 3, *size)
+    with torch.no_grad():
+        expected = flatten_outputs(model(x))
+    get_peft(model).merge(model)
+    torch.save({'state_dict': model.state_dict(), 'x': x, 'expected': expected},
+               tmp_path / 'merged.pth')
+    script = textwrap.dedent(f'''
+        import sys, torch
+        sys.path.insert(0, {str(__import__('pathlib').Path(__file__).parent)!r})
+        from conftest import build_backbone, flatten_outputs
+        model, _ = build_backbone({backbone_name!r}, seed=7)
+        ckpt = torch.load({str(tmp_path / 'merged.pth')!r}, weights_only=True)
+        model.load_state_dict(ckpt['state_dict'], strict=True)
+        with torch.no_grad():
+            outs = flatten_outputs(model(ckpt['x']))
+        assert 'mmssf' not in sys.modules
+        print(max((a - b).abs().max().item() for a, b in zip(outs, ckpt['expected'])))
+    ''')
+    result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout.strip().splitlines()[-1]) <= 1e-5
