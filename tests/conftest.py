@@ -53,7 +53,8 @@ def build_backbone(name, seed=0, **kw):
     factory, size = BACKBONES[name]
     model = factory(**kw)
     model.init_weights()
-    return model.eval(), size
+    model.eval()  # (mmdet Swin.train returns None)
+    return model, size
 
 
 def flatten_outputs(outs):

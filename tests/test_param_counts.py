@@ -30,9 +30,7 @@ def trainable_with_head(backbone, arch):
     ('vit_b', dict(type='VPTDeep', num_prompts=50), 537_700),
     ('swin_b', dict(type='Linear'), 102_500),
     ('swin_b', dict(type='SSF'), 369_764),
-    ('swin_b', dict(type='SSF', targets=[
-        'patch_embed', 'patch_embed_norm', 'norm1', 'qkv', 'proj', 'norm2', 'fc1', 'fc2',
-        'out_norm', 'merge_norm']), 376_932),
+    ('swin_b', dict(type='SSF', patch_merging=True), 376_932),
 ])
 def test_published_counts(full_models, arch, cfg, expected):
     backbone = full_models[arch]()

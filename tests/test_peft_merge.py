@@ -11,8 +11,7 @@ from mmssf.peft import MergeError, apply_peft, get_peft
 
 MERGEABLE = {
     'SSF': dict(type='SSF'),
-    'SSF_merge_norm': dict(type='SSF', targets=list(
-        __import__('mmssf.peft.ssf', fromlist=['SSF_ROLES']).SSF_ROLES) + ['merge_norm']),
+    'SSF_patch_merging': dict(type='SSF', patch_merging=True),
     'LoRA': dict(type='LoRA', targets=['qkv', 'proj', 'fc1', 'fc2'], r=4, alpha=8),
     'RLRR': dict(type='RLRR'),
     'BitFit': dict(type='BitFit'),

@@ -19,6 +19,7 @@ from typing import Dict, List, Optional
 import torch
 from torch import nn
 
+from .hooks import add_weight_transform, host_of, needs_reparam, remove_weight_transform
 from .targets import TargetTable, find_table, resolve_targets
 
 _STATE_ATTR = '_mmssf_peft'
@@ -27,6 +28,16 @@ logger = logging.getLogger('mmssf')
 
 class MergeError(RuntimeError):
     """The tuned backbone cannot be folded into the stock one."""
+
+
+class _TransformHandle:
+    """Removes one weight transform, like a hook handle."""
+
+    def __init__(self, host, owner, key):
+        self.args = (host, owner, key)
+
+    def remove(self):
+        remove_weight_transform(*self.args)
 
 
 class PeftUnit:
@@ -45,6 +56,12 @@ class PeftUnit:
         self.param_names: List[str] = []
         self.buffer_names: List[str] = []
         self.handles = []
+        self.host = host_of(backbone, name)
+        self.reparam = needs_reparam(self.host, module)
+
+    def add_weight_transform(self, key: str, names, fn) -> None:
+        add_weight_transform(self.host, self.module, key, names, fn)
+        self.handles.append(_TransformHandle(self.host, self.module, key))
 
     def add_parameter(self, name: str, tensor: torch.Tensor) -> nn.Parameter:
         if name in self.module._parameters or name in self.module._buffers:

@@ -4,9 +4,11 @@ Two mechanisms, both removable without trace (merge leaves the stock module):
 
 * output hooks (``module.register_forward_hook``) for methods that act on a module's output
   (SSF after a Linear / norm, LoRA and Adapter);
-* weight transforms for methods that re-parameterize a weight (RLRR, sparse deltas, anything on
-  ``nn.MultiheadAttention``'s fused in-projection, which is no submodule): before the forward the
-  module's parameter is swapped for the effective tensor, afterwards the original is put back.
+* weight transforms for methods that re-parameterize a weight (RLRR, sparse deltas), and for
+  modules whose output cannot be hooked: ``nn.MultiheadAttention``'s fused in-projection is no
+  submodule, and its ``out_proj`` is applied functionally (``F.linear(x, out_proj.weight, ...)``),
+  so hooks on it never fire. Before the *host*'s forward (the module that is actually called) the
+  owner's parameters are swapped for the effective tensors; afterwards the originals go back.
 """
 from typing import Callable, Dict
 
@@ -26,51 +28,63 @@ def weight_and_bias_names(module: nn.Module):
     return 'weight', 'bias'
 
 
-class _WeightSwap:
-    """One per module: composes every registered transform into the effective parameters."""
+def host_of(backbone: nn.Module, name: str) -> nn.Module:
+    """The module whose call runs ``name``'s computation (itself, unless applied functionally)."""
+    modules = dict(backbone.named_modules())
+    parent_name, _, leaf = name.rpartition('.')
+    parent = modules.get(parent_name)
+    if isinstance(parent, nn.MultiheadAttention) and leaf == 'out_proj':
+        return parent
+    return modules[name]
 
-    def __init__(self, module: nn.Module):
-        self.transforms = {}
-        self.saved = None
+
+def needs_reparam(host: nn.Module, module: nn.Module) -> bool:
+    """True when ``module``'s output cannot be hooked and must be re-parameterized instead."""
+    return host is not module or isinstance(module, nn.MultiheadAttention)
+
+
+class _WeightSwap:
+    """One per host module: composes every registered transform into effective parameters."""
+
+    def __init__(self, host: nn.Module):
+        self.transforms = {}  # (id(owner), key) -> (owner, names, fn)
+        self.saved = []
         self.handles = [
-            module.register_forward_pre_hook(self.swap_in),
-            module.register_forward_hook(self.swap_out, always_call=True),
+            host.register_forward_pre_hook(self.swap_in),
+            host.register_forward_hook(self.swap_out, always_call=True),
         ]
 
-    def effective(self, module: nn.Module) -> Dict[str, torch.Tensor]:
-        params = {}
-        for fn in self.transforms.values():
-            current = {k: params.get(k, getattr(module, k)) for k in fn.names}
-            params.update(fn(module, current))
-        return params
+    def swap_in(self, host, args):
+        effective = {}  # id(owner) -> (owner, {name: tensor})
+        for owner, names, fn in self.transforms.values():
+            _, params = effective.setdefault(id(owner), (owner, {}))
+            params.update(fn(owner, {k: params.get(k, getattr(owner, k)) for k in names}))
+        for owner, params in effective.values():
+            self.saved.append((owner, {k: owner._parameters[k] for k in params}))
+            owner._parameters.update(params)
 
-    def swap_in(self, module, args):
-        params = self.effective(module)
-        self.saved = {k: module._parameters[k] for k in params}
-        module._parameters.update(params)
-
-    def swap_out(self, module, args, output):
-        if self.saved is not None:
-            module._parameters.update(self.saved)
-            self.saved = None
+    def swap_out(self, host, args, output):
+        for owner, originals in self.saved:
+            owner._parameters.update(originals)
+        self.saved = []
 
 
-def add_weight_transform(module: nn.Module, key: str, names, fn) -> None:
-    """Make ``fn(module, {name: tensor}) -> {name: tensor}`` re-parameterize ``module``'s ``names``."""
-    swap = module.__dict__.get(_SWAP_ATTR)
+def add_weight_transform(host: nn.Module, owner: nn.Module, key: str, names, fn: WeightFn):
+    """Make ``fn(owner, {name: tensor}) -> {name: tensor}`` re-parameterize ``owner``'s ``names``
+    whenever ``host`` runs."""
+    swap = host.__dict__.get(_SWAP_ATTR)
     if swap is None:
-        swap = _WeightSwap(module)
-        module.__dict__[_SWAP_ATTR] = swap
-    fn.names = tuple(names)
-    swap.transforms[key] = fn
+        swap = _WeightSwap(host)
+        host.__dict__[_SWAP_ATTR] = swap
+    swap.transforms[(id(owner), key)] = (owner, tuple(names), fn)
 
 
-def remove_weight_transform(module: nn.Module, key: str) -> None:
-    swap = module.__dict__.get(_SWAP_ATTR)
+def remove_weight_transform(host: nn.Module, owner: nn.Module, key: str) -> None:
+    swap = host.__dict__.get(_SWAP_ATTR)
     if swap is None:
         return
-    swap.transforms.pop(key, None)
+    swap.transforms.pop((id(owner), key), None)
     if not swap.transforms:
         for h in swap.handles:
             h.remove()
-        del module.__dict__[_SWAP_ATTR]
+        del host.__dict__[_SWAP_ATTR]

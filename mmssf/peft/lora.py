@@ -7,7 +7,7 @@ from torch import nn
 
 from ..registry import PEFT_METHODS
 from .base import PeftMethod, PeftUnit
-from .hooks import add_weight_transform, remove_weight_transform, weight_and_bias_names
+from .hooks import weight_and_bias_names
 
 
 def in_out_features(module: nn.Module):
@@ -34,10 +34,10 @@ class LoRAUnit(PeftUnit):
         self.lora_A = self.add_parameter('lora_A', a)
         self.lora_B = self.add_parameter('lora_B', torch.zeros(fan_out, self.r))
         self.dropout = float(self.options.get('dropout', 0.0))
-        if isinstance(self.module, nn.MultiheadAttention):
+        if self.reparam:
             w_name, _ = weight_and_bias_names(self.module)
-            add_weight_transform(self.module, 'lora', (w_name, ),
-                                 lambda m, p: {w_name: p[w_name] + self.delta()})
+            self.add_weight_transform('lora', (w_name, ),
+                                      lambda m, p: {w_name: p[w_name] + self.delta()})
         else:
             self.handles.append(self.module.register_forward_hook(self.forward_hook))
 
@@ -51,10 +51,6 @@ class LoRAUnit(PeftUnit):
     def merge(self):
         w_name, _ = weight_and_bias_names(self.module)
         getattr(self.module, w_name).add_(self.delta())
-
-    def detach(self):
-        remove_weight_transform(self.module, 'lora')
-        super().detach()
 
 
 @PEFT_METHODS.register_module()

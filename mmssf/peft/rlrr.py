@@ -12,7 +12,7 @@ from torch import nn
 from ..registry import PEFT_METHODS
 from .base import MergeError, PeftMethod
 from .base import PeftUnit
-from .hooks import add_weight_transform, remove_weight_transform, weight_and_bias_names
+from .hooks import weight_and_bias_names
 from .lora import in_out_features
 from .ssf import SSFUnit
 
@@ -30,7 +30,7 @@ class RLRRUnit(PeftUnit):
             raise MergeError(f'RLRR on {self.name}: the module has no bias to take the shift f; '
                              f'exclude it from the targets')
         self.shift = self.add_parameter('rlrr_bias', torch.zeros(fan_out))
-        add_weight_transform(self.module, 'rlrr', (w_name, b_name), self.effective)
+        self.add_weight_transform('rlrr', (w_name, b_name), self.effective)
 
     def effective(self, module, params):
         w_name, b_name = weight_and_bias_names(module)
@@ -43,10 +43,6 @@ class RLRRUnit(PeftUnit):
         for name, value in self.effective(self.module, {w_name: getattr(self.module, w_name),
                                                         b_name: getattr(self.module, b_name)}).items():
             getattr(self.module, name).copy_(value)
-
-    def detach(self):
-        remove_weight_transform(self.module, 'rlrr')
-        super().detach()
 
 
 @PEFT_METHODS.register_module()

@@ -14,7 +14,7 @@ from torch import nn
 from ..registry import PEFT_METHODS
 from .base import MergeError, PeftMethod, PeftUnit
 from .functional import scale_shift
-from .hooks import add_weight_transform, remove_weight_transform, weight_and_bias_names
+from .hooks import weight_and_bias_names
 
 logger = logging.getLogger('mmssf')
 
@@ -54,10 +54,9 @@ class SSFUnit(PeftUnit):
                 use_shift = False  # nowhere to fold it: the default placement stays mergeable
         self.shift = (self.add_parameter('ssf_shift', torch.empty(channels).normal_(0.0, std))
                       if use_shift else None)
-        if isinstance(module, nn.MultiheadAttention):
-            # The fused in-projection is no submodule: re-parameterize it (exactly the merge rule).
-            w_name, b_name = weight_and_bias_names(module)
-            add_weight_transform(module, 'ssf', (w_name, b_name), self.fold)
+        if self.reparam:
+            # Output not hookable (see hooks.py): re-parameterize the producer (= the merge rule).
+            self.add_weight_transform('ssf', weight_and_bias_names(module), self.fold)
         else:
             dim = 1 if isinstance(module, nn.Conv2d) else -1
             self.handles.append(module.register_forward_hook(
@@ -102,10 +101,6 @@ class SSFUnit(PeftUnit):
             sink = dict(self.backbone.named_parameters())[param_name]
             sink[:, first_token:].add_(self.shift)
 
-    def detach(self):
-        remove_weight_transform(self.module, 'ssf')
-        super().detach()
-
 
 @PEFT_METHODS.register_module()
 class SSF(PeftMethod):
@@ -113,10 +108,16 @@ class SSF(PeftMethod):
 
     Args:
         targets: roles / patterns; default: patch embed (+ its norm), and in every block norm1,
-            qkv, proj, norm2, fc1, fc2; the final / output norms. Add ``'merge_norm'`` for Swin
-            patch merging (the official code's intent; not in the published counts).
+            qkv, proj, norm2, fc1, fc2; the final / output norms.
+        patch_merging (bool): also after each Swin patch-merging norm (role ``merge_norm``): the
+            official code's intent, not in the published counts. Default False.
         init_std (float): std of the N(1, σ) scale and N(0, σ) shift init. Default 0.02.
         shift (bool): learn β as well as γ. Default True.
     """
     unit_cls = SSFUnit
     default_targets = SSF_ROLES
+
+    def __init__(self, targets=None, patch_merging=False, **options):
+        super().__init__(targets=targets, **options)
+        if patch_merging:
+            self.default_targets = SSF_ROLES + ('merge_norm', )

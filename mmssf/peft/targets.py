@@ -98,7 +98,7 @@ TABLES: List[TargetTable] = [
             'norm2': _VIT_LAYER + r'\.ln2',
             'fc1': _VIT_LAYER + r'\.ffn\.layers\.0\.0',
             'fc2': _VIT_LAYER + r'\.ffn\.layers\.1',
-            'final_norm': r'norm1',
+            'final_norm': r'ln1',
             'block': _VIT_LAYER,
         },
         # patch_bias=False by default; the position embedding is added to the patch tokens
