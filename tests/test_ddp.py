@@ -35,6 +35,7 @@ def _worker(rank, world, port, method, backbone_name, out_dir):
         opt.step()
     trained = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     torch.save(trained, os.path.join(out_dir, f'rank{rank}.pth'))
+    dist.barrier()
     dist.destroy_process_group()
 
 
