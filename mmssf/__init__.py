@@ -3,3 +3,4 @@ from . import compat  # noqa: F401  (patches the pinned stack before anything el
 from .version import __version__
 
 __all__ = ['__version__']
+from . import engine, models, peft  # noqa: F401,E402  (register components)

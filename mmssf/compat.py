@@ -1,1 +1,82 @@
-"""Fixes for what the pinned OpenMMLab stack gets wrong on current torch / numpy."""
+"""Fixes for what the pinned OpenMMLab stack gets wrong on current torch / numpy.
+
+Applied once when :mod:`mmssf` is imported. Each fix is tested in ``tests/test_compat.py`` by a
+test that fails without it.
+
+1. Resume under ``torch.load(weights_only=True)`` (torch >= 2.6 default). mmengine 0.10.7 writes
+   checkpoints whose message hub holds ``HistoryBuffer`` objects and numpy arrays / scalars, which
+   the safe unpickler refuses, so ``--resume`` dies. We allowlist exactly those data-only types
+   (``torch.serialization.add_safe_globals``); safe loading stays on for every file, so a crafted
+   checkpoint that would run code is still refused, with an error naming the file.
+   mmengine's ``HistoryBuffer.__getstate__`` also pickles its statistics functions
+   (``getattr(HistoryBuffer, 'min')``): allowing ``getattr`` would allow anything, so instead the
+   buffer's pickled state leaves them out (they are class-level and registered at import).
+"""
+import functools
+import pickle
+
+import numpy as np
+import torch
+
+
+def _numpy_safe_globals():
+    """The numpy globals an mmengine checkpoint pickles (arrays, dtypes, scalars)."""
+    multiarray = getattr(np, '_core', None) or np.core
+    found = [multiarray.multiarray._reconstruct, multiarray.multiarray.scalar, np.ndarray, np.dtype]
+    for name in ('Float64DType', 'Float32DType', 'Float16DType', 'Int64DType', 'Int32DType',
+                 'Int16DType', 'Int8DType', 'UInt8DType', 'BoolDType'):
+        dtype_cls = getattr(getattr(np, 'dtypes', None), name, None)
+        if dtype_cls is not None:
+            found.append(dtype_cls)
+    return found
+
+
+def allow_mmengine_checkpoint_types() -> None:
+    from mmengine.logging import HistoryBuffer
+    torch.serialization.add_safe_globals([HistoryBuffer] + _numpy_safe_globals())
+
+
+def _history_buffer_getstate(self):
+    state = dict(self.__dict__)
+    state.pop('statistics_methods', None)
+    return state
+
+
+def pickle_history_buffer_without_functions() -> None:
+    from mmengine.logging import HistoryBuffer
+    HistoryBuffer.__getstate__ = _history_buffer_getstate
+
+
+def explain_refused_checkpoints() -> None:
+    """Make mmengine's local checkpoint loader say clearly why an unsafe file is refused."""
+    from mmengine.runner import checkpoint as ckpt_module
+    loader = ckpt_module.CheckpointLoader
+    original = ckpt_module.load_from_local
+    if getattr(original, '_mmssf_wrapped', False):
+        return
+
+    @functools.wraps(original)
+    def load_from_local(filename, map_location):
+        try:
+            return original(filename, map_location)
+        except pickle.UnpicklingError as err:
+            raise pickle.UnpicklingError(
+                f'refused to load {filename}: it holds objects that are neither tensors nor '
+                f'plain data, and unpickling them could run code. mmssf keeps torch.load\'s '
+                f'weights_only=True safe loading; convert the file to a plain state dict of '
+                f'tensors from a source you trust. Details: {err}') from None
+
+    load_from_local._mmssf_wrapped = True
+    ckpt_module.load_from_local = load_from_local
+    for prefix in list(loader._schemes):
+        if loader._schemes[prefix] is original:
+            loader._schemes[prefix] = load_from_local
+
+
+def apply_all() -> None:
+    allow_mmengine_checkpoint_types()
+    pickle_history_buffer_without_functions()
+    explain_refused_checkpoints()
+
+
+apply_all()

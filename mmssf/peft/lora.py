@@ -36,10 +36,13 @@ class LoRAUnit(PeftUnit):
         self.dropout = float(self.options.get('dropout', 0.0))
         if self.reparam:
             w_name, _ = weight_and_bias_names(self.module)
-            self.add_weight_transform('lora', (w_name, ),
-                                      lambda m, p: {w_name: p[w_name] + self.delta()})
+            self.add_weight_transform('lora', (w_name, ), self.reparameterize)
         else:
             self.handles.append(self.module.register_forward_hook(self.forward_hook))
+
+    def reparameterize(self, module, params):
+        w_name, _ = weight_and_bias_names(module)
+        return {w_name: params[w_name] + self.delta()}
 
     def delta(self) -> torch.Tensor:
         return (self.lora_B @ self.lora_A) * self.scaling

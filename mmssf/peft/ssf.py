@@ -58,9 +58,11 @@ class SSFUnit(PeftUnit):
             # Output not hookable (see hooks.py): re-parameterize the producer (= the merge rule).
             self.add_weight_transform('ssf', weight_and_bias_names(module), self.fold)
         else:
-            dim = 1 if isinstance(module, nn.Conv2d) else -1
-            self.handles.append(module.register_forward_hook(
-                lambda m, args, out: scale_shift(out, m.ssf_scale, m._parameters.get('ssf_shift'), dim)))
+            self.channel_dim = 1 if isinstance(module, nn.Conv2d) else -1
+            self.handles.append(module.register_forward_hook(self.forward_hook))
+
+    def forward_hook(self, module, args, out):
+        return scale_shift(out, self.scale, self.shift, self.channel_dim)
 
     def has_bias(self) -> bool:
         if isinstance(self.module, nn.LayerNorm):

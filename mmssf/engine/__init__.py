@@ -1,0 +1,6 @@
+from .optim_constructor import PeftOptimWrapperConstructor
+from .reparam_hook import ReparamCheckpointHook
+from .report_hook import TrainableParamsReportHook, trainable_report
+
+__all__ = ['PeftOptimWrapperConstructor', 'ReparamCheckpointHook', 'TrainableParamsReportHook',
+           'trainable_report']

@@ -1,0 +1,97 @@
+"""Re-parameterize at checkpoint save: beside every ``X.pth`` write the stock ``X_merged.pth``."""
+import os.path as osp
+
+import torch
+from mmengine.dist import is_main_process
+from mmengine.hooks import Hook
+from mmengine.logging import print_log
+from mmengine.model import is_model_wrapper
+
+from ..peft.model_merge import merged_state_dict, peft_summary, tuned_submodules
+from ..registry import HOOKS
+
+
+def plain(value):
+    """``value`` reduced to plain Python types (stock tools load with weights_only=True)."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if hasattr(value, 'item') and getattr(value, 'ndim', 1) == 0:
+        return value.item()
+    return str(value)
+
+
+def build_merged_checkpoint(model, meta: dict = None, source: str = None) -> dict:
+    """``{'state_dict': stock keys, 'meta': plain types}`` for a tuned model (untouched)."""
+    if is_model_wrapper(model):
+        model = model.module
+    info = peft_summary(model)
+    for prefix, _, method in tuned_submodules(model):
+        extra = getattr(method, 'checkpoint_meta', None)
+        if extra is not None:
+            info.setdefault('allocation', {})[prefix] = extra()
+    merged_meta = plain(dict(meta or {}))
+    merged_meta.update(plain(dict(mmssf=info, source_checkpoint=source)))
+    return {'meta': merged_meta, 'state_dict': merged_state_dict(model)}
+
+
+@HOOKS.register_module()
+class ReparamCheckpointHook(Hook):
+    """Writes ``X_merged.pth`` — the merged stock model — beside every checkpoint ``X.pth``.
+
+    ``X.pth`` stays the resumable one (``--resume`` continues exactly). ``X_merged.pth`` holds a
+    ``state_dict`` whose backbone keys are exactly the stock ones (neck and heads as trained) and a
+    ``meta`` of plain types (method, trainable / total counts, SPT allocation, source checkpoint,
+    dataset meta), so the *unmodified* upstream config and tools load it with
+    ``weights_only=True`` and ``strict=True``. Methods that cannot merge (VPT, Adapter,
+    SPT-Adapter) get no ``_merged`` file and the log says why.
+
+    Must run after ``CheckpointHook`` (it does: priority ``LOWEST``).
+    """
+    priority = 'LOWEST'
+
+    def __init__(self, suffix: str = '_merged'):
+        self.suffix = suffix
+        self._written = set()
+        self._refusal_logged = False
+
+    def before_save_checkpoint(self, runner, checkpoint):
+        self._pending_meta = checkpoint.get('meta', {})
+
+    def _write_for_last(self, runner):
+        last = runner.message_hub.get_info('last_ckpt')
+        if not last or last in self._written or not osp.isfile(last):
+            return
+        self._written.add(last)
+        if not is_main_process():
+            return
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        unmergeable = [m for _, _, m in tuned_submodules(model) if not m.mergeable]
+        if unmergeable:
+            if not self._refusal_logged:
+                print_log(f'ReparamCheckpointHook: no _merged checkpoint: '
+                          f'{unmergeable[0].not_mergeable_reason()}', logger='current')
+                self._refusal_logged = True
+            return
+        meta = {k: v for k, v in getattr(self, '_pending_meta', {}).items()
+                if k in ('epoch', 'iter', 'dataset_meta', 'seed', 'experiment_name', 'mmengine')}
+        ckpt = build_merged_checkpoint(model, meta, source=osp.basename(last))
+        root, ext = osp.splitext(last)
+        out = root + self.suffix + ext
+        torch.save(ckpt, out)
+        print_log(f'ReparamCheckpointHook: merged stock checkpoint saved to {out}', logger='current')
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        self._write_for_last(runner)
+
+    def after_train_epoch(self, runner):
+        self._write_for_last(runner)
+
+    def after_val_epoch(self, runner, metrics=None):
+        self._write_for_last(runner)
+
+    def after_train(self, runner):
+        self._write_for_last(runner)

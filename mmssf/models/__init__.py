@@ -1,0 +1,3 @@
+from .peft_backbone import PeftBackbone
+
+__all__ = ['PeftBackbone']
