@@ -46,8 +46,14 @@ def main():
     metrics = runner.test()
     if args.out and runner.rank == 0:
         with open(args.out, 'w') as f:
-            json.dump({k: float(v) if isinstance(v, (int, float)) else str(v)
-                       for k, v in metrics.items()}, f, indent=2)
+            json.dump({k: _to_number(v) for k, v in metrics.items()}, f, indent=2)
+
+
+def _to_number(value):
+    try:
+        return float(value)  # python and numpy scalars, 0-d tensors
+    except (TypeError, ValueError):
+        return str(value)
 
 
 if __name__ == '__main__':

@@ -30,8 +30,11 @@ def main():
     if cfg.get('custom_imports'):
         sys.exit(f'{args.config} has custom_imports {cfg.custom_imports}: not a stock config')
     cfg.work_dir = args.work_dir or tempfile.mkdtemp(prefix='eval_stock_')
-    cfg.load_from = args.checkpoint
-    metrics = Runner.from_cfg(cfg).test()
+    cfg.load_from = None
+    runner = Runner.from_cfg(cfg)
+    # strict: every stock key present, nothing extra (torch.load stays weights_only=True)
+    runner.load_checkpoint(args.checkpoint, map_location='cpu', strict=True)
+    metrics = runner.test()
     if 'mmssf' in sys.modules:
         sys.exit('mmssf was imported during a stock evaluation')
     if args.out:

@@ -1,0 +1,77 @@
+"""End to end through the mmengine Runner, from the stock configs shipped in mmdet / mmseg /
+mmpretrain (``mmdet::`` / ``mmseg::`` / ``mmpretrain::`` inheritance, tiny dims by override), on
+generated data: train a few iterations with a PEFT method, then check that ``X_merged.pth``
+loads with ``weights_only=True`` and ``strict=True`` into the *stock* config's model in a process
+that never imports mmssf, and that its metrics equal ``tools/test.py`` on the tuned config with the
+resumable ``X.pth``.
+"""
+import os.path as osp
+
+import pytest
+import torch
+
+from runner_utils import CONFIGS, ROOT, read_json, run_tool, write_peft_config
+
+LOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
+
+FLOWS = {
+    # name: (stock config, stock backbone type, peft, data kind, checkpoint name, extra options)
+    'mask-rcnn_ssf': (osp.join(ROOT, 'configs/demo/mask-rcnn_swin-tiny_demo-coco.py'),
+                      'SwinTransformer', dict(type='SSF'), 'coco', 'epoch_1.pth',
+                      ['train_cfg.max_epochs=1', 'train_cfg.val_interval=1',
+                       'default_hooks.checkpoint.interval=1']),
+    'upernet_ssf': (osp.join(CONFIGS, 'upernet_swin-tiny_ade.py'), 'SwinTransformer',
+                    dict(type='SSF'), 'ade', 'iter_2.pth', []),
+    'setr_lora': (osp.join(CONFIGS, 'setr-pup_vit-tiny_ade.py'), 'VisionTransformer',
+                  dict(type='LoRA', r=4, targets=['qkv', 'proj']), 'ade', 'iter_2.pth', []),
+    'vit-cls_ssf': (osp.join(CONFIGS, 'vit-tiny_folder-cls.py'), 'VisionTransformer',
+                    dict(type='SSF'), 'folder', 'epoch_2.pth', []),
+    'swin-cls_rlrr': (osp.join(CONFIGS, 'swin-tiny_folder-cls.py'), 'SwinTransformer',
+                      dict(type='RLRR', init_std=0.1), 'folder', 'epoch_2.pth', []),
+}
+
+
+@pytest.fixture(scope='session')
+def datasets(tmp_path_factory):
+    from mmssf.datasets import make_ade20k, make_coco
+    from mmssf.datasets.image_folder import make_image_folder
+    root = tmp_path_factory.mktemp('data')
+    return {
+        'coco': make_coco(str(root / 'coco'), num_train=4, num_val=2) + '/',
+        'ade': make_ade20k(str(root / 'ade'), num_train=4, num_val=2) + '/',
+        'folder': make_image_folder(str(root / 'folder'), per_class=2) + '/',
+    }
+
+
+def data_options(kind, root):
+    opts = [f'{loader}.dataset.data_root={root}' for loader in LOADERS]
+    if kind == 'coco':
+        opts += [f'{e}.ann_file={root}annotations/instances_val2017.json'
+                 for e in ('val_evaluator', 'test_evaluator')]
+    return opts
+
+
+@pytest.mark.parametrize('flow', sorted(FLOWS))
+def test_train_merge_and_stock_evaluation(tmp_path, datasets, flow):
+    stock_cfg, stock_type, peft, kind, ckpt_name, extra = FLOWS[flow]
+    opts = data_options(kind, datasets[kind]) + extra
+    tuned_cfg = write_peft_config(tmp_path / f'{flow}.py', stock_cfg, stock_type, peft)
+    work = tmp_path / 'work'
+    log = run_tool(['tools/train.py', tuned_cfg, '--work-dir', str(work), '--cfg-options'] + opts)
+    assert 'trainable params:' in log
+
+    ckpt = work / ckpt_name
+    merged = work / ckpt_name.replace('.pth', '_merged.pth')
+    assert ckpt.is_file() and merged.is_file()
+    stock_ckpt = torch.load(merged, weights_only=True)
+    assert not any('ssf_' in k or 'lora_' in k or 'rlrr_' in k for k in stock_ckpt['state_dict'])
+    assert stock_ckpt['meta']['mmssf']['methods']['backbone']['type'] == peft['type']
+
+    run_tool(['tools/test.py', tuned_cfg, str(ckpt), '--work-dir', str(tmp_path / 't1'),
+              '--out', str(tmp_path / 'tuned.json'), '--cfg-options'] + opts)
+    run_tool(['tools/misc/eval_stock.py', stock_cfg, str(merged), '--work-dir', str(tmp_path / 't2'),
+              '--out', str(tmp_path / 'stock.json'), '--cfg-options'] + opts)
+    tuned, stock = read_json(tmp_path / 'tuned.json'), read_json(tmp_path / 'stock.json')
+    assert tuned.keys() == stock.keys() and tuned
+    for key in tuned:
+        assert tuned[key] == pytest.approx(stock[key], abs=1e-6), key
