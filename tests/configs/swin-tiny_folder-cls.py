@@ -3,8 +3,8 @@ _base_ = 'mmpretrain::swin_transformer/swin-tiny_16xb64_in1k.py'
 data_root = 'data/test_folder/'
 classes = ('red_square', 'green_disc', 'blue_bar')  # mmssf.datasets.image_folder.FOLDER_CLASSES
 model = dict(
-    backbone=dict(arch=dict(embed_dims=32, depths=[1, 1, 2, 1], num_heads=[1, 2, 4, 8]),
-                  img_size=64, init_cfg=None, drop_path_rate=0.0),
+    backbone=dict(arch=dict(_delete_=True, embed_dims=32, depths=[1, 1, 2, 1], num_heads=[1, 2, 4, 8]),
+                  img_size=64, init_cfg=None, drop_path_rate=0.0, pad_small_map=True),
     head=dict(in_channels=256, num_classes=len(classes), topk=(1, )),
     train_cfg=None)
 pipeline = [dict(type='LoadImageFromFile'), dict(type='PackInputs')]

@@ -3,7 +3,7 @@ _base_ = 'mmpretrain::vision_transformer/vit-base-p16_64xb64_in1k.py'
 data_root = 'data/test_folder/'
 classes = ('red_square', 'green_disc', 'blue_bar')  # mmssf.datasets.image_folder.FOLDER_CLASSES
 model = dict(
-    backbone=dict(arch=dict(embed_dims=32, num_layers=2, num_heads=2, feedforward_channels=64),
+    backbone=dict(arch=dict(_delete_=True, embed_dims=32, num_layers=2, num_heads=2, feedforward_channels=64),
                   img_size=64, init_cfg=None, drop_rate=0.0),
     head=dict(in_channels=32, num_classes=len(classes), topk=(1, )),
     train_cfg=None)
