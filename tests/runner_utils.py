@@ -33,8 +33,14 @@ custom_hooks = [dict(type='mmssf.ReparamCheckpointHook'), dict(type='mmssf.Train
     return str(path)
 
 
-def data_options(loader_root_keys, root):
-    return [f'{k}.dataset.data_root={root}' for k in loader_root_keys]
+def data_options(root, coco=False):
+    """``--cfg-options`` pointing every dataloader (and, for COCO, the evaluators) at ``root``."""
+    opts = [f'{loader}.dataset.data_root={root}'
+            for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader')]
+    if coco:
+        opts += [f'{e}.ann_file={root}annotations/instances_val2017.json'
+                 for e in ('val_evaluator', 'test_evaluator')]
+    return opts
 
 
 def read_json(path):

@@ -5,7 +5,7 @@ import pickle
 import pytest
 import torch
 
-from runner_utils import CONFIGS, read_json, run_tool, write_peft_config  # noqa: F401
+from runner_utils import CONFIGS, data_options, run_tool, write_peft_config
 
 CLS = os.path.join(CONFIGS, 'vit-tiny_folder-cls.py')
 
@@ -14,11 +14,6 @@ CLS = os.path.join(CONFIGS, 'vit-tiny_folder-cls.py')
 def folder_data(tmp_path_factory):
     from mmssf.datasets.image_folder import make_image_folder
     return make_image_folder(str(tmp_path_factory.mktemp('folder')), per_class=2) + '/'
-
-
-def _opts(root):
-    return [f'{k}.dataset.data_root={root}' for k in
-            ('train_dataloader', 'val_dataloader', 'test_dataloader')]
 
 
 def _weights(path):
@@ -31,11 +26,11 @@ def test_resume_ends_with_same_weights(tmp_path, folder_data, peft):
     cfg = CLS if peft is None else write_peft_config(tmp_path / 'peft.py', CLS, 'VisionTransformer',
                                                       peft)
     full, part = tmp_path / 'full', tmp_path / 'part'
-    run_tool(['tools/train.py', cfg, '--work-dir', str(full), '--cfg-options'] + _opts(folder_data))
+    run_tool(['tools/train.py', cfg, '--work-dir', str(full), '--cfg-options'] + data_options(folder_data))
     run_tool(['tools/train.py', cfg, '--work-dir', str(part), '--cfg-options', 'train_cfg.max_epochs=1']
-             + _opts(folder_data))
+             + data_options(folder_data))
     log = run_tool(['tools/train.py', cfg, '--work-dir', str(part), '--resume'] + ['--cfg-options']
-                   + _opts(folder_data))
+                   + data_options(folder_data))
     assert 'resumed' in log.lower()
     a, b = _weights(full / 'epoch_2.pth'), _weights(part / 'epoch_2.pth')
     assert a.keys() == b.keys()
@@ -72,7 +67,7 @@ def test_code_in_foreign_checkpoint_is_refused(tmp_path, folder_data, how):
                     f'_delete_=True, type="Pretrained", checkpoint={str(path)!r})))\n')
     with pytest.raises(AssertionError) as err:
         run_tool(['tools/train.py', cfg, '--work-dir', str(tmp_path / 'w'), '--cfg-options']
-                 + opts + _opts(folder_data) + ['train_cfg.max_epochs=1'])
+                 + opts + data_options(folder_data) + ['train_cfg.max_epochs=1'])
     assert 'refused to load' in str(err.value) and str(path) in str(err.value)
     assert not marker.exists()
     assert 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD' not in os.environ

@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from runner_utils import ROOT
+from runner_utils import ROOT, data_options
 
 
 def _free_port():
@@ -20,12 +20,9 @@ def test_dist_train_two_cpu_processes(tmp_path):
     from mmssf.datasets import make_coco
     data = make_coco(str(tmp_path / 'coco'), num_train=4, num_val=2) + '/'
     work = tmp_path / 'work'
-    opts = [f'{k}.dataset.data_root={data}' for k in
-            ('train_dataloader', 'val_dataloader', 'test_dataloader')]
-    opts += [f'val_evaluator.ann_file={data}annotations/instances_val2017.json',
-             f'test_evaluator.ann_file={data}annotations/instances_val2017.json',
-             'train_cfg.max_epochs=1', 'train_cfg.val_interval=1',
-             'default_hooks.checkpoint.interval=1', 'train_dataloader.batch_size=1']
+    opts = data_options(data, coco=True) + [
+        'train_cfg.max_epochs=1', 'train_cfg.val_interval=1',
+        'default_hooks.checkpoint.interval=1', 'train_dataloader.batch_size=1']
     env = dict(os.environ, PORT=str(_free_port()), PYTHON=sys.executable, OMP_NUM_THREADS='1')
     result = subprocess.run(
         ['bash', 'tools/dist_train.sh', 'configs/demo/ssf_mask-rcnn_swin-tiny_demo-coco.py', '2',

@@ -10,9 +10,7 @@ import os.path as osp
 import pytest
 import torch
 
-from runner_utils import CONFIGS, ROOT, read_json, run_tool, write_peft_config
-
-LOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
+from runner_utils import CONFIGS, ROOT, data_options, read_json, run_tool, write_peft_config
 
 FLOWS = {
     # name: (stock config, stock backbone type, peft, data kind, checkpoint name, extra options)
@@ -43,18 +41,10 @@ def datasets(tmp_path_factory):
     }
 
 
-def data_options(kind, root):
-    opts = [f'{loader}.dataset.data_root={root}' for loader in LOADERS]
-    if kind == 'coco':
-        opts += [f'{e}.ann_file={root}annotations/instances_val2017.json'
-                 for e in ('val_evaluator', 'test_evaluator')]
-    return opts
-
-
 @pytest.mark.parametrize('flow', sorted(FLOWS))
 def test_train_merge_and_stock_evaluation(tmp_path, datasets, flow):
     stock_cfg, stock_type, peft, kind, ckpt_name, extra = FLOWS[flow]
-    opts = data_options(kind, datasets[kind]) + extra
+    opts = data_options(datasets[kind], coco=kind == 'coco') + extra
     tuned_cfg = write_peft_config(tmp_path / f'{flow}.py', stock_cfg, stock_type, peft)
     work = tmp_path / 'work'
     log = run_tool(['tools/train.py', tuned_cfg, '--work-dir', str(work), '--cfg-options'] + opts)

@@ -15,7 +15,7 @@ import logging
 from mmengine.logging import print_log
 from mmengine.registry import MODELS as ROOT_MODELS
 
-from ..peft import apply_peft, load_peft, supported_backbones
+from ..peft import apply_peft, load_peft
 from ..peft.targets import find_table
 from ..registry import MODELS
 
@@ -52,5 +52,3 @@ def PeftBackbone(stock_type, peft, peft_checkpoint=None, **stock_kwargs):
               level=logging.INFO)
     return backbone
 
-
-PeftBackbone.supported_backbones = supported_backbones

@@ -13,7 +13,6 @@ A method knows nothing of a particular backbone: it names *roles* (``qkv``, ``fc
 target tables in :mod:`mmssf.peft.targets` resolve, or user patterns (regex or name suffix).
 """
 import copy
-import logging
 from typing import Dict, List, Optional
 
 import torch
@@ -23,7 +22,6 @@ from .hooks import add_weight_transform, host_of, needs_reparam, remove_weight_t
 from .targets import TargetTable, find_table, resolve_targets
 
 _STATE_ATTR = '_mmssf_peft'
-logger = logging.getLogger('mmssf')
 
 
 class MergeError(RuntimeError):

@@ -5,7 +5,6 @@ import torch
 from torch import nn
 
 from .base import _short, get_peft
-from .builder import build_peft
 
 
 def save_peft(path: str, backbone: nn.Module, extra_meta: dict = None) -> None:

@@ -10,8 +10,7 @@ import torch
 from torch import nn
 
 from ..registry import PEFT_METHODS
-from .base import MergeError, PeftMethod
-from .base import PeftUnit
+from .base import MergeError, PeftMethod, PeftUnit
 from .hooks import weight_and_bias_names
 from .lora import in_out_features
 from .ssf import SSFUnit

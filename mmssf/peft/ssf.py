@@ -6,8 +6,6 @@ the producing op: a Linear / Conv gets ``W' = diag(γ) W, b' = γ ⊙ b + β``, 
 table names as its sink (mmseg ViT: the position embedding); without one, the default placement
 drops the shift and a user placement that asks for it makes merge refuse.
 """
-import logging
-
 import torch
 from torch import nn
 
@@ -16,7 +14,6 @@ from .base import MergeError, PeftMethod, PeftUnit
 from .functional import scale_shift
 from .hooks import weight_and_bias_names
 
-logger = logging.getLogger('mmssf')
 
 SSF_ROLES = ('patch_embed', 'patch_embed_norm', 'norm1', 'qkv', 'proj', 'norm2', 'fc1', 'fc2',
              'final_norm', 'out_norm')

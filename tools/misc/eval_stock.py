@@ -8,7 +8,6 @@ model code, ``torch.load(weights_only=True)``; it fails if anything imported mms
 """
 import argparse
 import json
-import os.path as osp
 import sys
 import tempfile
 
