@@ -6,12 +6,13 @@ from .builder import apply_peft, build_peft
 from .io import load_base_weights, load_peft, save_peft
 from .lora import LoRA
 from .rlrr import RLRR
+from .spt import SPTAdapter, SPTLoRA
 from .ssf import SSF
 from .targets import find_table, supported_backbones
 from .vpt import VPTDeep, VPTShallow
 
 __all__ = [
     'Adapter', 'BitFit', 'FullFineTune', 'LinearProbe', 'LoRA', 'MergeError', 'PeftMethod',
-    'PeftUnit', 'RLRR', 'SSF', 'VPTDeep', 'VPTShallow', 'apply_peft', 'build_peft', 'find_table',
+    'PeftUnit', 'RLRR', 'SPTAdapter', 'SPTLoRA', 'SSF', 'VPTDeep', 'VPTShallow', 'apply_peft', 'build_peft', 'find_table',
     'get_peft', 'load_base_weights', 'load_peft', 'save_peft', 'supported_backbones'
 ]

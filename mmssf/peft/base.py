@@ -137,22 +137,27 @@ class PeftMethod:
             raise ValueError(f'backbone is already tuned with {type(get_peft(backbone)).__name__}')
         self.table = find_table(backbone)
         self.stock_shapes = {k: v.shape for k, v in backbone.state_dict().items()}
-        seen = set()
-        modules = dict(backbone.named_modules())
-        for pattern, opts, from_default in self.target_specs():
-            names = resolve_targets(backbone, self.table, pattern, required=not from_default)
-            for name in names:
-                if name in seen:
-                    continue
-                seen.add(name)
-                unit = self.unit_class(modules[name])(self, backbone, name, modules[name], self.table.role_of(name),
-                                     from_default, **{**self.options, **opts})
-                unit.attach()
-                self.units.append(unit)
+        for unit in self.build_units(backbone):
+            unit.attach()
+            self.units.append(unit)
         self.after_attach(backbone)
         backbone.__dict__[_STATE_ATTR] = self
         self.freeze(backbone)
         return backbone
+
+    def build_units(self, backbone: nn.Module) -> List[PeftUnit]:
+        """The (not yet attached) units: one per module matched by the targets."""
+        units, seen = [], set()
+        modules = dict(backbone.named_modules())
+        for pattern, opts, from_default in self.target_specs():
+            for name in resolve_targets(backbone, self.table, pattern, required=not from_default):
+                if name in seen:
+                    continue
+                seen.add(name)
+                unit_cls = self.unit_class(modules[name])
+                units.append(unit_cls(self, backbone, name, modules[name], self.table.role_of(name),
+                                      from_default, **{**self.options, **opts}))
+        return units
 
     def unit_class(self, module: nn.Module):
         """The unit class for ``module`` (methods mixing unit kinds override this)."""

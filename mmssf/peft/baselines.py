@@ -18,14 +18,20 @@ class BitFit(PeftMethod):
         return [n for n, _ in backbone.named_parameters() if n.rsplit('.', 1)[-1] in _BIAS_NAMES]
 
 
-@PEFT_METHODS.register_module(name='Linear')
+@PEFT_METHODS.register_module(name=['Linear', 'LinearProbe'])
 class LinearProbe(PeftMethod):
-    """Freeze the whole backbone (only the neck / head outside it train). Merge is the identity."""
+    """Freeze the whole backbone (only the neck / head outside it train). Merge is the identity.
+
+    Config type: ``'Linear'`` or ``'LinearProbe'``.
+    """
 
 
-@PEFT_METHODS.register_module(name='Full')
+@PEFT_METHODS.register_module(name=['Full', 'FullFineTune'])
 class FullFineTune(PeftMethod):
-    """Train every backbone parameter. Merge is the identity."""
+    """Train every backbone parameter. Merge is the identity.
+
+    Config type: ``'Full'`` or ``'FullFineTune'``.
+    """
 
     def trainable_names(self, backbone: nn.Module):
         return [n for n, _ in backbone.named_parameters()]

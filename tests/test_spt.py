@@ -1,0 +1,327 @@
+"""SPT: sensitivity, budgeted allocation, SPT-LoRA / SPT-Adapter in the method contract."""
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import BACKBONES, build_backbone, flatten_outputs, randomize_peft
+from mmssf.peft import MergeError, apply_peft, get_peft, load_peft, save_peft
+from mmssf.peft.spt import Allocation, allocate, compute_sensitivity, parse_budget, scored_parameters
+from mmssf.peft.spt.sparse_delta import scatter_delta
+
+TESTS = Path(__file__).parent
+
+
+def random_scores(model, seed=0):
+    """Heavy-tailed random sensitivities (a few entries dominate, as real ones do)."""
+    gen = torch.Generator().manual_seed(seed)
+    return {n: torch.rand(p.shape, generator=gen) ** 4 for n, p in scored_parameters(model).items()}
+
+
+def tiny_classifier(num_classes=5):
+    from mmengine.registry import init_default_scope
+    from mmpretrain.registry import MODELS
+    init_default_scope('mmpretrain')
+    torch.manual_seed(0)
+    model = MODELS.build(dict(
+        type='ImageClassifier',
+        backbone=dict(type='VisionTransformer', img_size=32, patch_size=8,
+                      arch=dict(embed_dims=32, num_layers=2, num_heads=2, feedforward_channels=64)),
+        head=dict(type='VisionTransformerClsHead', num_classes=num_classes, in_channels=32),
+        data_preprocessor=dict(type='ClsDataPreprocessor', mean=[127.5] * 3, std=[64.] * 3)))
+    model.init_weights()
+    with torch.no_grad():  # the stock head starts at zero, which would zero every backbone gradient
+        model.head.layers.head.weight.normal_(0, 0.5)
+    return model
+
+
+def classification_batches(sizes, seed=0):
+    from mmpretrain.structures import DataSample
+    gen = torch.Generator().manual_seed(seed)
+    batches = []
+    for size in sizes:
+        inputs = [torch.randint(0, 256, (3, 32, 32), generator=gen, dtype=torch.uint8)
+                  for _ in range(size)]
+        samples = [DataSample().set_gt_label(int(torch.randint(0, 5, (1, ), generator=gen)))
+                   for _ in range(size)]
+        batches.append(dict(inputs=inputs, data_samples=samples))
+    return batches
+
+
+# -- acceptance 1: sensitivity ---------------------------------------------------------------
+def test_sensitivity_equals_plain_autograd_loop():
+    model = tiny_classifier()
+    batches = classification_batches([3, 3, 3])
+    scores, info = compute_sensitivity(model, model.backbone, batches, num_samples=7, progress=False)
+    assert info == dict(samples=7, samples_asked=7, batches=3)
+
+    # reference: a plain loop with torch.autograd.grad, the last batch cut to 1 sample
+    model.eval()
+    params = {n: p for n, p in model.backbone.named_parameters()
+              if n not in ('cls_token', 'pos_embed') and not n.startswith('patch_embed.')}
+    reference = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in params.items()}
+    for batch, n in zip(batches, (3, 3, 1)):
+        batch = {k: v[:n] for k, v in batch.items()}
+        data = model.data_preprocessor(batch, True)
+        loss, _ = model.parse_losses(model(**data, mode='loss'))
+        grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+        for (name, _), g in zip(params.items(), grads):
+            if g is not None:
+                reference[name] += g.double().square()
+
+    assert set(scores) == set(params)  # head, cls token, pos embed and patch embed get no score
+    assert not any(k.startswith('head') for k in scores)
+    total = sum(float(r.abs().sum()) for r in reference.values())
+    assert total > 0
+    for name in params:
+        err = (scores[name].double() - reference[name]).abs().max().item()
+        assert err <= 1e-6 * max(reference[name].abs().max().item(), 1e-30), name
+    # the pass leaves the model as it found it
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())
+
+
+def test_fewer_samples_than_asked_is_an_explicit_fallback(monkeypatch):
+    import mmssf.peft.spt.sensitivity as sensitivity
+    logged = []
+    monkeypatch.setattr(sensitivity, 'print_log', lambda msg, **kw: logged.append((msg, kw)))
+    model = tiny_classifier()
+    scores, info = compute_sensitivity(model, model.backbone, classification_batches([2, 2]),
+                                       num_samples=800, progress=False)
+    assert info['samples'] == 4 and info['samples_asked'] == 800
+    assert 'only 4 samples' in info['note']
+    assert len(logged) == 1 and 'only 4 samples' in logged[0][0]
+    with pytest.raises(ValueError, match='no samples'):
+        compute_sensitivity(model, model.backbone, [], num_samples=8, progress=False)
+
+
+def test_sensitivity_is_deterministic():
+    model = tiny_classifier()
+    runs = [compute_sensitivity(model, model.backbone, classification_batches([4, 4]),
+                                num_samples=8, progress=False)[0] for _ in range(2)]
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+# -- acceptance 2: the budget ----------------------------------------------------------------
+@pytest.mark.parametrize('kind', ['lora', 'adapter'])
+def test_allocation_meets_budget_and_follows_the_rule(kind, backbone_name):
+    model, _ = build_backbone(backbone_name)
+    scores = random_scores(model)
+    budget = 3000
+    alloc = allocate(scores, model, budget, kind=kind, rank=2, alpha=10)
+    counted = sum(v['params'] for v in alloc.structured.values()) + \
+        sum(v.numel() for v in alloc.unstructured.values())
+    assert counted == alloc.budget['met']
+    assert alloc.budget['asked'] == budget
+    assert alloc.budget['within_1pct'] == (abs(counted - budget) <= 0.01 * budget)
+    if not alloc.budget['within_1pct']:
+        assert counted <= budget and 'nearest achievable' in alloc.budget['note']
+    # the structured rule, recomputed by brute force from the global top-t
+    flat = torch.cat([s.reshape(-1) for s in scores.values()])
+    top = set(torch.sort(flat, descending=True, stable=True).indices[:alloc.budget['top_t']].tolist())
+    start = 0
+    for name, s in scores.items():
+        c = sum(1 for i in range(start, start + s.numel()) if i in top)
+        start += s.numel()
+        owner, _, leaf = name.rpartition('.')
+        if alloc.structured.get(owner, {}).get('param') == leaf:
+            assert c >= alloc.structured[owner]['params'] / 10
+            assert name not in alloc.unstructured
+        elif name in alloc.unstructured:
+            assert len(alloc.unstructured[name]) >= c  # top-t entries plus the budget fill
+            idx = alloc.unstructured[name]
+            assert torch.equal(idx, torch.unique(idx)) and int(idx.max()) < s.numel()
+    # same scores -> same allocation
+    again = allocate(scores, model, budget, kind=kind, rank=2, alpha=10)
+    assert again.structured == alloc.structured
+    assert all(torch.equal(again.unstructured[k], v) for k, v in alloc.unstructured.items())
+
+
+@pytest.mark.parametrize('budget,rank', [(300, 1), (1000, 2), (2000, 4)])
+def test_achievable_budgets_are_met_with_both_granularities(budget, rank):
+    model, _ = build_backbone('mmpretrain_vit')
+    alloc = allocate(random_scores(model, seed=3), model, budget, kind='lora', rank=rank)
+    assert alloc.budget['met'] == budget and alloc.budget['within_1pct']
+    assert alloc.structured and alloc.unstructured
+
+
+def test_unachievable_budget_reports_the_nearest_value():
+    """Every matrix already structured, every vector fully tuned: nothing is left to add."""
+    model, _ = build_backbone('mmpretrain_vit')
+    alloc = allocate(random_scores(model, seed=3), model, 5000, kind='lora', rank=1)
+    vectors = sum(p.numel() for n, p in scored_parameters(model).items() if p.dim() == 1)
+    assert alloc.budget['met'] == vectors + sum(v['params'] for v in alloc.structured.values())
+    assert not alloc.budget['within_1pct'] and 'nearest achievable' in alloc.budget['note']
+
+
+def test_budget_parsing_and_bad_budgets():
+    assert parse_budget('0.4M') == 400000 and parse_budget('400k') == 400000
+    assert parse_budget(4e5) == 400000 and parse_budget('1,000') == 1000
+    model, _ = build_backbone('mmpretrain_vit')
+    scores = random_scores(model)
+    for bad in (0, '0', -5, 'lots'):
+        with pytest.raises(ValueError, match='budget'):
+            allocate(scores, model, bad)
+    total = sum(s.numel() for s in scores.values())
+    with pytest.raises(ValueError, match='not smaller than the .* parameters SPT can tune'):
+        allocate(scores, model, total + 1)
+
+
+# -- files and the method contract ------------------------------------------------------------
+def _saved_allocation(tmp_path, backbone_name, kind='lora', budget=3000):
+    model, _ = build_backbone(backbone_name)
+    alloc = allocate(random_scores(model), model, budget, kind=kind, rank=2)
+    return alloc.save(str(tmp_path / f'{backbone_name}_{kind}'))
+
+
+def test_allocation_file_round_trip(tmp_path):
+    path = _saved_allocation(tmp_path, 'mmseg_swin')
+    info = json.loads(Path(path).read_text())
+    assert info['budget']['asked'] == 3000 and info['kind'] == 'lora'
+    loaded = Allocation.load(path)
+    model, _ = build_backbone('mmseg_swin')
+    again = allocate(random_scores(model), model, 3000, kind='lora', rank=2)
+    assert loaded.structured == again.structured
+    assert all(torch.equal(loaded.unstructured[k], v) for k, v in again.unstructured.items())
+    # the index file is plain tensors
+    torch.load(Path(path).parent / info['indices'], weights_only=True)
+
+
+@pytest.mark.parametrize('method', ['SPTLoRA', 'SPTAdapter'])
+def test_freezing_training_and_peft_round_trip(tmp_path, method, backbone_name):
+    kind = 'lora' if method == 'SPTLoRA' else 'adapter'
+    path = _saved_allocation(tmp_path, backbone_name, kind)
+    model, size = build_backbone(backbone_name)
+    apply_peft(model, dict(type=method, allocation=path))
+    spt = get_peft(model)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == set(spt.trainable_names(model))
+    assert sum(p.numel() for n, p in model.named_parameters() if n in trainable) == \
+        spt.allocation.budget['met']
+    assert any('spt_delta' in n for n in trainable)
+    # gradients reach exactly the PEFT tensors; deltas get O(K) gradients
+    x = torch.randn(2, 3, *size)
+    sum(o.square().mean() for o in flatten_outputs(model(x))).backward()
+    for name, p in model.named_parameters():
+        assert (p.grad is not None) == (name in trainable), name
+    for name, p in model.named_parameters():
+        if 'spt_delta' in name:
+            assert p.grad.shape == p.shape and p.grad.abs().sum() > 0, name
+    randomize_peft(model)
+    with torch.no_grad():
+        expected = flatten_outputs(model(x))
+    save_peft(str(tmp_path / 'peft.pth'), model)
+    saved = torch.load(tmp_path / 'peft.pth', weights_only=True)['state_dict']
+    assert any('spt_index' in k for k in saved)  # the indices travel with the PEFT state
+    assert set(saved) == set(spt.trainable_names(model)) | set(spt.buffer_names())
+
+    fresh, _ = build_backbone(backbone_name)
+    apply_peft(fresh, dict(type=method, allocation=path))
+    load_peft(str(tmp_path / 'peft.pth'), fresh)
+    with torch.no_grad():
+        got = flatten_outputs(fresh(x))
+    assert all(torch.equal(a, b) for a, b in zip(expected, got))
+
+
+# -- acceptance 3: merge --------------------------------------------------------------------
+def test_spt_lora_merge_equivalence(tmp_path, backbone_name):
+    path = _saved_allocation(tmp_path, backbone_name)
+    model, size = build_backbone(backbone_name)
+    stock, _ = build_backbone(backbone_name, seed=5)
+    apply_peft(model, dict(type='SPTLoRA', allocation=path))
+    spt = get_peft(model)
+    assert spt.allocation.structured and spt.allocation.unstructured  # both kinds are exercised
+    randomize_peft(model)
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        tuned = flatten_outputs(model(x))
+        spt.merge(model)
+        merged = flatten_outputs(model(x))
+    for t, m in zip(tuned, merged):
+        assert (t - m).abs().max().item() <= 1e-5
+    assert get_peft(model) is None and type(model) is type(stock)
+    assert {k: v.shape for k, v in model.state_dict().items()} == \
+        {k: v.shape for k, v in stock.state_dict().items()}
+    torch.save({'state_dict': model.state_dict(), 'x': x, 'expected': tuned},
+               tmp_path / 'merged.pth')
+    script = textwrap.dedent(f'''
+        import sys, torch
+        sys.path.insert(0, {str(TESTS)!r})
+        from conftest import build_backbone, flatten_outputs
+        model, _ = build_backbone({backbone_name!r}, seed=7)
+        ckpt = torch.load({str(tmp_path / 'merged.pth')!r}, weights_only=True)
+        model.load_state_dict(ckpt['state_dict'], strict=True)
+        with torch.no_grad():
+            outs = flatten_outputs(model(ckpt['x']))
+        assert 'mmssf' not in sys.modules
+        print(max((a - b).abs().max().item() for a, b in zip(outs, ckpt['expected'])))
+    ''')
+    result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout.strip().splitlines()[-1]) <= 1e-5
+
+
+def test_spt_adapter_merge_is_refused(tmp_path):
+    path = _saved_allocation(tmp_path, 'mmpretrain_swin', kind='adapter')
+    model, _ = build_backbone('mmpretrain_swin')
+    apply_peft(model, dict(type='SPTAdapter', allocation=path))
+    with pytest.raises(MergeError, match='SPTAdapter'):
+        get_peft(model).merge(model)
+
+
+# -- acceptance 4: O(K) backward ---------------------------------------------------------------
+def _backward_peak_bytes(weight, x, k):
+    from torch.profiler import ProfilerActivity, profile
+    index = torch.randperm(weight.numel(), generator=torch.Generator().manual_seed(0))[:k]
+    delta = torch.zeros(k, requires_grad=True)
+    loss = torch.nn.functional.linear(x, scatter_delta(weight, index.sort().values, delta)).square().sum()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        loss.backward()
+    events = sorted((e for e in prof.events() if e.cpu_memory_usage),
+                    key=lambda e: e.time_range.start)
+    current = peak = 0
+    for e in events:
+        current += e.cpu_memory_usage
+        peak = max(peak, current)
+    assert delta.grad.shape == (k, )
+    return peak
+
+
+def test_sparse_delta_backward_memory_is_linear_in_k():
+    weight, x = torch.randn(1024, 1024), torch.randn(16, 1024)
+    k = 100_000
+    peak_k, peak_4k = _backward_peak_bytes(weight, x, k), _backward_peak_bytes(weight, x, 4 * k)
+    dense = weight.numel() * 4
+    # one dense gradient of the effective weight + O(K); a K x K intermediate would need 40 GB
+    assert peak_4k <= 4 * peak_k + 2 * dense
+    assert peak_4k <= 3 * dense + 16 * 4 * k
+
+
+# -- acceptance 6: bad inputs ------------------------------------------------------------------
+def test_allocation_for_another_backbone_is_refused(tmp_path):
+    path = _saved_allocation(tmp_path, 'mmpretrain_vit')
+    other, _ = build_backbone('mmseg_vit')
+    with pytest.raises(ValueError, match='made for a mmpretrain VisionTransformer.*mmseg'):
+        apply_peft(other, dict(type='SPTLoRA', allocation=path))
+    deeper = BACKBONES['mmpretrain_vit'][0]
+    from mmpretrain.models.backbones import VisionTransformer
+    deeper = VisionTransformer(arch=dict(embed_dims=32, num_layers=3, num_heads=2,
+                                         feedforward_channels=64), img_size=64, patch_size=16)
+    with pytest.raises(ValueError, match='another mmpretrain VisionTransformer architecture.*layers.2'):
+        apply_peft(deeper, dict(type='SPTLoRA', allocation=path))
+    assert get_peft(deeper) is None
+
+
+def test_wrong_kind_missing_file_and_targets_are_refused(tmp_path):
+    path = _saved_allocation(tmp_path, 'mmdet_swin', kind='lora')
+    with pytest.raises(ValueError, match="SPTAdapter needs a 'adapter' allocation"):
+        apply_peft(build_backbone('mmdet_swin')[0], dict(type='SPTAdapter', allocation=path))
+    with pytest.raises(FileNotFoundError, match='spt_sensitivity.py'):
+        apply_peft(build_backbone('mmdet_swin')[0],
+                   dict(type='SPTLoRA', allocation=str(tmp_path / 'nope' / 'allocation.json')))
+    with pytest.raises(ValueError, match='takes no targets'):
+        apply_peft(build_backbone('mmdet_swin')[0],
+                   dict(type='SPTLoRA', allocation=path, targets=['qkv']))
