@@ -1,6 +1,7 @@
+from .checkpoint_check import CheckpointCheckHook, CheckpointMismatchError
 from .optim_constructor import PeftOptimWrapperConstructor
 from .reparam_hook import ReparamCheckpointHook
 from .report_hook import TrainableParamsReportHook, trainable_report
 
-__all__ = ['PeftOptimWrapperConstructor', 'ReparamCheckpointHook', 'TrainableParamsReportHook',
-           'trainable_report']
+__all__ = ['CheckpointCheckHook', 'CheckpointMismatchError', 'PeftOptimWrapperConstructor',
+           'ReparamCheckpointHook', 'TrainableParamsReportHook', 'trainable_report']

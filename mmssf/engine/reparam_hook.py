@@ -38,6 +38,23 @@ def build_merged_checkpoint(model, meta: dict = None, source: str = None) -> dic
     return {'meta': merged_meta, 'state_dict': merged_state_dict(model)}
 
 
+#: the keys of a resumable checkpoint's meta that its ``_merged`` file keeps
+MERGED_META_KEYS = ('epoch', 'iter', 'dataset_meta', 'seed', 'experiment_name', 'mmengine')
+
+
+def merged_meta_from(checkpoint_meta: dict) -> dict:
+    """The part of ``X.pth``'s meta that ``X_merged.pth`` keeps (hook and merge tool alike)."""
+    return {k: v for k, v in (checkpoint_meta or {}).items() if k in MERGED_META_KEYS}
+
+
+def record_peft_meta(model, checkpoint: dict) -> None:
+    """Record the PEFT method(s) of ``model`` in ``checkpoint['meta']['mmssf']`` (plain types), so
+    that loading it into a config tuned otherwise fails naming both methods."""
+    if is_model_wrapper(model):
+        model = model.module
+    checkpoint.setdefault('meta', {})['mmssf'] = plain(peft_summary(model))
+
+
 @HOOKS.register_module()
 class ReparamCheckpointHook(Hook):
     """Writes ``X_merged.pth`` — the merged stock model — beside every checkpoint ``X.pth``.
@@ -59,6 +76,7 @@ class ReparamCheckpointHook(Hook):
         self._refusal_logged = False
 
     def before_save_checkpoint(self, runner, checkpoint):
+        record_peft_meta(runner.model, checkpoint)
         self._pending_meta = checkpoint.get('meta', {})
 
     def _write_for_last(self, runner):
@@ -76,8 +94,7 @@ class ReparamCheckpointHook(Hook):
                           f'{unmergeable[0].not_mergeable_reason()}', logger='current')
                 self._refusal_logged = True
             return
-        meta = {k: v for k, v in getattr(self, '_pending_meta', {}).items()
-                if k in ('epoch', 'iter', 'dataset_meta', 'seed', 'experiment_name', 'mmengine')}
+        meta = merged_meta_from(getattr(self, '_pending_meta', {}))
         ckpt = build_merged_checkpoint(model, meta, source=osp.basename(last))
         root, ext = osp.splitext(last)
         out = root + self.suffix + ext

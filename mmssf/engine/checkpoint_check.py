@@ -1,0 +1,272 @@
+"""Refuse checkpoints that do not fit the model instead of going on with random weights.
+
+mmengine's Runner loads ``load_from``, ``--resume`` and the test checkpoint with
+``strict=False``: keys that do not fit are *logged* and the run trains or evaluates on with the
+randomly initialised tensors. :class:`CheckpointCheckHook` makes that an error, and names the
+methods when a PEFT checkpoint meets a config tuned with another one. ``tools/train.py`` and
+``tools/test.py`` add it to every config (:func:`add_checkpoint_check`).
+
+What is accepted, besides an exact fit:
+
+* ``load_from`` a checkpoint without PEFT tensors (a stock / fully fine-tuned model, an
+  ``X_merged.pth``) into a tuned model: the PEFT tensors keep their initial values — that is how
+  tuning starts from a full-model checkpoint. ``--resume`` never accepts it: resuming continues a
+  run, and the run's PEFT tensors are not in that file.
+* BN ``num_batches_tracked`` missing (mmengine ignores it too).
+* keys matching the hook's ``allow_mismatch`` regexes, e.g. a head re-initialised for another
+  number of classes: ``dict(type='mmssf.CheckpointCheckHook', allow_mismatch=[r'bbox_head\\.fc_cls'])``.
+
+Everything else missing, unexpected or mis-shaped is an error listing the keys. The check loads
+the state dict the way the Runner is about to (same recursion, the modules' own version /
+resizing hooks included), so what it reports is exactly what the Runner would have only warned
+about.
+"""
+import re
+from collections import OrderedDict
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from mmengine.hooks import Hook
+from mmengine.logging import print_log
+from mmengine.model import BaseTTAModel, is_model_wrapper
+from torch.nn.modules.module import _IncompatibleKeys
+
+from ..peft.model_merge import tuned_submodules
+from ..registry import HOOKS
+from .reparam_hook import record_peft_meta
+
+__all__ = ['CheckpointCheckHook', 'CheckpointMismatchError', 'add_checkpoint_check',
+           'check_checkpoint', 'load_report']
+
+#: leaf-name prefixes of the tensors each method adds (to name a method when meta is absent)
+PEFT_TENSOR_PREFIXES = {'ssf_': 'SSF', 'lora_': 'LoRA', 'rlrr_': 'RLRR', 'adapter_': 'Adapter',
+                        'vpt_': 'VPT', 'spt_': 'SPT'}
+_SIZE_MISMATCH = re.compile(r'size mismatch for (\S+?): copying a param with shape (.+?) from '
+                            r'checkpoint, the shape in current model is (.+?)\.$')
+_LIST = 12
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint does not fit the model it is loaded into."""
+
+
+def _unwrap(model):
+    return model.module if is_model_wrapper(model) else model
+
+
+def state_dict_of(checkpoint, revise_keys=((r'^module\.', ''), )) -> 'OrderedDict':
+    """The state dict the Runner loads from ``checkpoint`` (same unwrapping and key revision)."""
+    state_dict = checkpoint['state_dict'] if 'state_dict' in checkpoint else checkpoint
+    metadata = getattr(state_dict, '_metadata', OrderedDict())
+    for pattern, repl in revise_keys:
+        state_dict = OrderedDict((re.sub(pattern, repl, k), v) for k, v in state_dict.items())
+    state_dict._metadata = metadata
+    return state_dict
+
+
+def load_report(model, state_dict) -> dict:
+    """Load ``state_dict`` into ``model`` as mmengine's ``load_state_dict`` does; report misfits.
+
+    Returns ``dict(missing=[...], unexpected=[...], mismatched=[(key, ckpt_shape, model_shape)],
+    errors=[...])``. Tensors that fit are copied into ``model`` (the Runner copies the same values
+    again right after, so checking first changes nothing).
+    """
+    missing, unexpected, errors = [], [], []
+    metadata = getattr(state_dict, '_metadata', None)
+    state_dict = OrderedDict(state_dict)
+    if metadata is not None:
+        state_dict._metadata = metadata
+
+    def load(module, local_state_dict, prefix=''):
+        if is_model_wrapper(module) or isinstance(module, BaseTTAModel):
+            module = module.module
+        local_metadata = {} if metadata is None else metadata.get(prefix[:-1], {})
+        module._load_from_state_dict(local_state_dict, prefix, local_metadata, True, missing,
+                                     unexpected, errors)
+        for name, child in module._modules.items():
+            if child is not None:
+                child_prefix = prefix + name + '.'
+                load(child, {k: v for k, v in local_state_dict.items()
+                             if k.startswith(child_prefix)}, child_prefix)
+        incompatible = _IncompatibleKeys(missing, unexpected)
+        for hook in module._load_state_dict_post_hooks.values():
+            hook(module, incompatible)
+
+    with torch.no_grad():
+        load(model, state_dict)
+    mismatched, other = [], []
+    for msg in errors:
+        found = _SIZE_MISMATCH.search(str(msg).strip())
+        if found:
+            mismatched.append(found.groups())
+        else:
+            other.append(str(msg))
+    return dict(missing=missing, unexpected=unexpected, mismatched=mismatched, errors=other)
+
+
+def model_methods(model) -> Dict[str, str]:
+    """``{prefix: method type}`` of every tuned module of ``model``."""
+    return {prefix or '<root>': type(method).__name__
+            for prefix, _, method in tuned_submodules(_unwrap(model))}
+
+
+def recorded_methods(checkpoint) -> Optional[Dict[str, str]]:
+    """``{prefix: method type}`` recorded in a checkpoint's meta, or None if it records nothing."""
+    meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
+    info = meta.get('mmssf') if isinstance(meta, dict) else None
+    if not isinstance(info, dict) or not isinstance(info.get('methods'), dict):
+        return None
+    return {prefix: (desc.get('type') if isinstance(desc, dict) else str(desc))
+            for prefix, desc in info['methods'].items()}
+
+
+def peft_keys(model) -> List[str]:
+    """Full state-dict keys of the PEFT tensors of ``model``."""
+    keys = []
+    for prefix, backbone, method in tuned_submodules(_unwrap(model)):
+        dot = prefix + '.' if prefix else ''
+        keys += [dot + k for k in method.peft_state_dict(backbone)]
+    return keys
+
+
+def _looks_like_peft(key: str) -> Optional[str]:
+    leaf = key.rsplit('.', 1)[-1]
+    return next((m for p, m in PEFT_TENSOR_PREFIXES.items() if leaf.startswith(p)), None)
+
+
+def _describe(methods: Dict[str, str]) -> str:
+    if not methods:
+        return 'no PEFT method (a stock model)'
+    return ', '.join(f'{t} on {p}' for p, t in sorted(methods.items()))
+
+
+def _short(keys: Sequence[str]) -> str:
+    keys = list(keys)
+    more = f' ... ({len(keys) - _LIST} more)' if len(keys) > _LIST else ''
+    return ', '.join(keys[:_LIST]) + more
+
+
+def check_checkpoint(model, checkpoint, source: str = 'checkpoint', resume: bool = False,
+                     allow_mismatch: Sequence[str] = (), allow_missing_peft: bool = True,
+                     logger='current') -> dict:
+    """Raise :class:`CheckpointMismatchError` unless ``checkpoint`` fits ``model`` (see module doc).
+
+    ``model`` receives the tensors that fit (as the Runner's own load would). Returns the
+    :func:`load_report` after the allowed misfits are removed (all lists empty) plus
+    ``initial_peft``: the PEFT keys left at their initial values.
+    """
+    model = _unwrap(model)
+    state_dict = state_dict_of(checkpoint)
+    current, saved = model_methods(model), recorded_methods(checkpoint)
+    own_peft = set(peft_keys(model))
+    foreign_peft = {k: _looks_like_peft(k) for k in state_dict if k not in own_peft}
+    foreign_peft = {k: m for k, m in foreign_peft.items() if m}
+    holds_peft = bool(foreign_peft) or any(k in state_dict for k in own_peft)
+    action = 'resume from' if resume else 'load'
+
+    if saved is not None and sorted(saved.items()) != sorted(current.items()) \
+            and (resume or holds_peft):
+        raise CheckpointMismatchError(
+            f'mmssf: cannot {action} {source}: it was trained with {_describe(saved)}, but this '
+            f'config tunes with {_describe(current)}. A PEFT checkpoint only fits a config with '
+            f'the same method (and targets); to start another method from its weights, load its '
+            f'merged stock checkpoint (X_merged.pth) with load_from.')
+
+    report = load_report(model, state_dict)
+    allowed = [re.compile(p) for p in allow_mismatch]
+
+    def keep(key):
+        return not any(p.search(key) for p in allowed)
+
+    missing = [k for k in report['missing'] if 'num_batches_tracked' not in k and keep(k)]
+    initial_peft = []
+    if allow_missing_peft and not resume and not holds_peft:
+        initial_peft = [k for k in missing if k in own_peft]
+        missing = [k for k in missing if k not in own_peft]
+    unexpected = [k for k in report['unexpected'] if keep(k)]
+    mismatched = [m for m in report['mismatched'] if keep(m[0])]
+    if missing or unexpected or mismatched or report['errors']:
+        lines = [f'mmssf: {source} does not fit the model (mmengine would only warn and '
+                 f'{"resume" if resume else "go on"} with randomly initialised tensors):']
+        if missing:
+            lines.append(f'  missing in the checkpoint ({len(missing)}): {_short(missing)}')
+        if unexpected:
+            lines.append(f'  unexpected, not in the model ({len(unexpected)}): {_short(unexpected)}')
+        if mismatched:
+            lines.append(f'  shape mismatch ({len(mismatched)}): ' + _short(
+                [f'{k} (checkpoint {a}, model {b})' for k, a, b in mismatched]))
+        lines += [f'  {e.strip()}' for e in report['errors']]
+        lines += _hints(model, current, saved, foreign_peft, missing, own_peft, resume)
+        lines.append('  To accept misfits you expect (e.g. a head re-initialised for another '
+                     'number of classes), list them as regexes: custom_hooks = [dict('
+                     "type='mmssf.CheckpointCheckHook', allow_mismatch=[r'head\\.fc'])]")
+        raise CheckpointMismatchError('\n'.join(lines))
+    if initial_peft:
+        print_log(f'mmssf: {source} holds no PEFT tensors (a stock or merged checkpoint): '
+                  f'{len(initial_peft)} PEFT tensors start from their initial values',
+                  logger=logger)
+    return dict(missing=[], unexpected=[], mismatched=[], errors=[], initial_peft=initial_peft)
+
+
+def _hints(model, current, saved, foreign_peft, missing, own_peft, resume) -> List[str]:
+    hints = []
+    if foreign_peft:
+        methods = sorted(set(foreign_peft.values()))
+        if current:
+            hints.append(f'  hint: the unexpected keys are {"/".join(methods)} tensors but this '
+                         f'config tunes with {_describe(current)}')
+        else:
+            hints.append(f'  hint: this is a resumable {"/".join(methods)} checkpoint (X.pth) and '
+                         f'the config is a stock one: evaluate X.pth with the tuned config, or '
+                         f'X_merged.pth with the stock config')
+    if resume and any(k in own_peft for k in missing):
+        hints.append('  hint: --resume needs the PEFT tensors of the run it continues; to start '
+                     'tuning from a stock or merged checkpoint use load_from instead')
+    return hints
+
+
+def _checkpoint_name(runner) -> str:
+    name = getattr(runner, '_load_from', None)
+    if name is None and getattr(runner, '_resume', False):
+        from mmengine.runner import find_latest_checkpoint
+        name = find_latest_checkpoint(runner.work_dir)
+    return str(name) if name else 'the checkpoint'
+
+
+@HOOKS.register_module()
+class CheckpointCheckHook(Hook):
+    """Errors, instead of mmengine's warnings, for ``load_from`` / ``--resume`` / test
+    checkpoints that do not fit the model; records the PEFT methods in every saved checkpoint.
+
+    Args:
+        allow_mismatch (list[str]): regexes of keys allowed to be missing, unexpected or
+            mis-shaped (they keep the model's initial values).
+    """
+    priority = 'VERY_LOW'  # after hooks that rewrite the loaded checkpoint (EMA ...)
+
+    def __init__(self, allow_mismatch: Sequence[str] = ()):
+        if isinstance(allow_mismatch, str):
+            allow_mismatch = [allow_mismatch]
+        self.allow_mismatch = list(allow_mismatch)
+
+    def before_save_checkpoint(self, runner, checkpoint):
+        record_peft_meta(runner.model, checkpoint)
+
+    def after_load_checkpoint(self, runner, checkpoint):
+        check_checkpoint(runner.model, checkpoint, source=_checkpoint_name(runner),
+                         resume=bool(getattr(runner, '_resume', False)),
+                         allow_mismatch=self.allow_mismatch)
+
+
+def add_checkpoint_check(cfg) -> None:
+    """Add :class:`CheckpointCheckHook` to ``cfg.custom_hooks`` unless the config has one."""
+    def is_check(hook):
+        if isinstance(hook, dict):
+            hook = hook.get('type')
+        return (hook is CheckpointCheckHook or isinstance(hook, CheckpointCheckHook)
+                or hook in ('CheckpointCheckHook', 'mmssf.CheckpointCheckHook'))
+
+    hooks = list(cfg.get('custom_hooks') or [])
+    if not any(is_check(h) for h in hooks):
+        hooks.append(dict(type='mmssf.CheckpointCheckHook'))
+    cfg.custom_hooks = hooks
