@@ -22,6 +22,10 @@ FLOWS = {
                     dict(type='SSF'), 'ade', 'iter_2.pth', []),
     'setr_lora': (osp.join(CONFIGS, 'setr-pup_vit-tiny_ade.py'), 'VisionTransformer',
                   dict(type='LoRA', r=4, targets=['qkv', 'proj']), 'ade', 'iter_2.pth', []),
+    # SPT: the allocation is computed first by spt_sensitivity.py on the same data ({tmp} below)
+    'setr_spt-lora': (osp.join(CONFIGS, 'setr-pup_vit-tiny_ade.py'), 'VisionTransformer',
+                      dict(type='SPTLoRA', allocation='{tmp}/spt/allocation.json'), 'ade',
+                      'iter_2.pth', []),
     'vit-cls_ssf': (osp.join(CONFIGS, 'vit-tiny_folder-cls.py'), 'VisionTransformer',
                     dict(type='SSF'), 'folder', 'epoch_2.pth', []),
     'swin-cls_rlrr': (osp.join(CONFIGS, 'swin-tiny_folder-cls.py'), 'SwinTransformer',
@@ -45,8 +49,14 @@ def datasets(tmp_path_factory):
 def test_train_merge_and_stock_evaluation(tmp_path, datasets, flow):
     stock_cfg, stock_type, peft, kind, ckpt_name, extra = FLOWS[flow]
     opts = data_options(datasets[kind], coco=kind == 'coco') + extra
+    peft = {k: v.format(tmp=tmp_path) if isinstance(v, str) else v for k, v in peft.items()}
     tuned_cfg = write_peft_config(tmp_path / f'{flow}.py', stock_cfg, stock_type, peft)
     work = tmp_path / 'work'
+    if peft['type'].startswith('SPT'):
+        log = run_tool(['tools/analysis_tools/spt_sensitivity.py', tuned_cfg, '--budget', '2k',
+                        '--samples', '4', '--rank', '2', '--cfg-options'] + opts)
+        assert 'budget asked 2,000 | met 2,000' in log
+        assert osp.isfile(tmp_path / 'spt' / 'sensitivity_patterns.png')
     log = run_tool(['tools/train.py', tuned_cfg, '--work-dir', str(work), '--cfg-options'] + opts)
     assert 'trainable params:' in log
 
@@ -54,8 +64,11 @@ def test_train_merge_and_stock_evaluation(tmp_path, datasets, flow):
     merged = work / ckpt_name.replace('.pth', '_merged.pth')
     assert ckpt.is_file() and merged.is_file()
     stock_ckpt = torch.load(merged, weights_only=True)
-    assert not any('ssf_' in k or 'lora_' in k or 'rlrr_' in k for k in stock_ckpt['state_dict'])
+    assert not any(tag in k for k in stock_ckpt['state_dict']
+                   for tag in ('ssf_', 'lora_', 'rlrr_', 'spt_'))
     assert stock_ckpt['meta']['mmssf']['methods']['backbone']['type'] == peft['type']
+    if peft['type'].startswith('SPT'):
+        assert stock_ckpt['meta']['mmssf']['allocation']['backbone']['budget']['met'] == 2000
 
     run_tool(['tools/test.py', tuned_cfg, str(ckpt), '--work-dir', str(tmp_path / 't1'),
               '--out', str(tmp_path / 'tuned.json'), '--cfg-options'] + opts)

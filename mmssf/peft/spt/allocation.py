@@ -97,7 +97,8 @@ class Allocation:
         budget: ``dict(asked=, met=, structured=, unstructured=, within_1pct=, note=)``.
         backbone: fingerprint (target table, class, shapes of the scored parameters).
         sensitivity: how the scores were computed (samples, seed, config ...).
-        sensitive_counts: ``{param name: entries among the global top-τ}`` (patterns / plots).
+        sensitive_counts: ``{param name: entries among the global top-τ}``, ``[q, k, v]`` for
+            fused q/k/v parameters (patterns / plots).
     """
     kind: str
     rank: int
@@ -107,7 +108,7 @@ class Allocation:
     budget: dict
     backbone: dict
     sensitivity: dict = field(default_factory=dict)
-    sensitive_counts: Dict[str, int] = field(default_factory=dict)
+    sensitive_counts: Dict[str, object] = field(default_factory=dict)
     path: Optional[str] = None
 
     # -- files --------------------------------------------------------------------------------
@@ -267,22 +268,40 @@ def allocate(scores: Dict[str, torch.Tensor], backbone: nn.Module, budget, kind:
     structured_modules = {
         owners[i]: dict(param=names[i].rpartition('.')[2], params=int(cost[i]),
                         sensitive=int(counts[i])) for i in range(len(names)) if structured[i]}
-    top = torch.bincount(seg[:min(tau, total)], minlength=len(names))
+    sensitive = sensitive_counts(order[:tau], seg[:tau], starts, names, backbone)
     n_struct = sum(v['params'] for v in structured_modules.values())
     n_unstruct = sum(int(v.numel()) for v in unstructured.values())
     assert n_struct + n_unstruct == met
     within = abs(met - tau) <= 0.01 * tau
     note = 'within 1% of the budget asked' if within else (
-        f'nearest achievable: {met:,} (every further entry would open a structured module '
-        f'beyond the budget, or nothing is left to tune)')
+        'nearest achievable: every further entry would open a structured module beyond the '
+        'budget, or nothing is left to tune')
     return Allocation(
         kind=kind, rank=rank, alpha=alpha, structured=structured_modules, unstructured=unstructured,
         budget=dict(asked=tau, met=met, structured=n_struct, unstructured=n_unstruct,
                     within_1pct=within, note=note, top_t=lo),
         backbone=backbone_fingerprint(backbone),
-        sensitive_counts={names[i]: int(top[i]) for i in range(len(names)) if top[i]})
+        sensitive_counts=sensitive)
 
 
 def seg_of(flat_index: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
     """Which parameter each global flat index falls in."""
     return torch.searchsorted(starts, flat_index, right=True) - 1
+
+
+def sensitive_counts(top, top_seg, starts, names, backbone) -> Dict[str, object]:
+    """Entries of each parameter among the global top-τ; fused q/k/v parameters get
+    ``[q, k, v]`` (their rows are stacked in that order), for the paper's Figure-4 patterns."""
+    table = find_table(backbone)
+    per_param = torch.bincount(top_seg, minlength=len(names))
+    params = dict(backbone.named_parameters())
+    counts = {}
+    for i, name in enumerate(names):
+        if not per_param[i]:
+            continue
+        if table.role_of(name.rpartition('.')[0]) == 'qkv':
+            local = top[top_seg == i] - starts[i]
+            counts[name] = torch.bincount(local * 3 // params[name].numel(), minlength=3).tolist()
+        else:
+            counts[name] = int(per_param[i])
+    return counts

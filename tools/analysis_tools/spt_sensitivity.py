@@ -1,0 +1,110 @@
+"""SPT: compute parameter sensitivity on a config's training data and allocate a budget.
+
+    python tools/analysis_tools/spt_sensitivity.py CONFIG --budget 0.4M [--samples 800]
+        [--out DIR] [--kind lora|adapter] [--rank 8] [--alpha 10] [--seed 0]
+        [--batch-size N] [--device cpu|cuda] [--cfg-options k=v ...]
+
+Builds the config's model with its pretrained backbone (an SPT config's method is swapped for
+plain full tuning while scoring), runs one forward + backward per batch of the config's own train
+dataloader over ``--samples`` samples (eval-mode forward, fixed seed), allocates the budget and
+writes into ``--out`` (default: the directory of the config's ``peft.allocation``):
+
+    allocation.json            what to tune, budget asked / met, the sensitivity settings
+    allocation_indices.pth     indices of the unstructured entries (plain tensors)
+    sensitivity_patterns.png   share of sensitive parameters per block and per operation
+
+and prints a summary table. The SPT config then trains with ``peft=dict(type='SPTLoRA',
+allocation='DIR/allocation.json')``.
+"""
+import argparse
+import os.path as osp
+import time
+
+import torch
+
+import mmssf  # noqa: F401  (registers mmssf and applies the stack fixes)
+from mmssf.launch import Config, DictAction
+from mmssf.peft.spt import allocate, compute_sensitivity
+from mmssf.peft.spt.report import format_summary, plot_patterns
+from mmssf.peft.spt.sensitivity import EXCLUDED
+from mmssf.peft.targets import find_table
+
+_PEFT_BACKBONE = ('mmssf.PeftBackbone', 'PeftBackbone')
+_KIND_OF = {'SPTLoRA': 'lora', 'SPTAdapter': 'adapter'}
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description='SPT sensitivity and budgeted allocation')
+    parser.add_argument('config')
+    parser.add_argument('--budget', required=True, help='trainable parameters, e.g. 0.4M or 400k')
+    parser.add_argument('--samples', type=int, default=800, help='training samples (C)')
+    parser.add_argument('--out', help="output dir (default: the dir of the config's allocation)")
+    parser.add_argument('--kind', choices=['lora', 'adapter'],
+                        help="structured module (default: from the config's SPT type, else lora)")
+    parser.add_argument('--rank', type=int, default=8, help='rank of the structured modules')
+    parser.add_argument('--alpha', type=float, default=10.0, help='sigma = structured cost / alpha')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--batch-size', type=int, help="override the train dataloader's batch size")
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    return parser.parse_args()
+
+
+def stock_scoring_config(cfg: Config, args):
+    """Swap an SPT method for full tuning (names and pretrained weights unchanged); return the
+    structured kind and output dir the config implies."""
+    backbone = cfg.model.backbone
+    kind, out = args.kind, args.out
+    if backbone.get('type') in _PEFT_BACKBONE:
+        peft = backbone.get('peft', {})
+        kind = kind or _KIND_OF.get(peft.get('type'))
+        if out is None and peft.get('allocation'):
+            out = osp.dirname(peft['allocation']) or '.'
+        backbone.peft = dict(type='Full')
+    if out is None:
+        raise SystemExit('--out is needed: the config names no SPT allocation to write')
+    return kind or 'lora', out
+
+
+def main():
+    args = parse_args()
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    kind, out = stock_scoring_config(cfg, args)
+
+    from mmengine.registry import MODELS, init_default_scope
+    from mmengine.runner import Runner, set_random_seed
+    init_default_scope(cfg.get('default_scope', 'mmengine'))
+    set_random_seed(args.seed)
+    model = MODELS.build(cfg.model)
+    if hasattr(model, 'init_weights'):
+        model.init_weights()
+    model.to(args.device)
+    if not hasattr(model, 'backbone'):
+        raise SystemExit(f'{type(model).__name__} has no .backbone to score')
+    table = find_table(model.backbone)
+
+    loader_cfg = cfg.train_dataloader.copy()
+    if args.batch_size:
+        loader_cfg.batch_size = args.batch_size
+    loader = Runner.build_dataloader(loader_cfg, seed=args.seed)
+
+    start = time.perf_counter()
+    scores, info = compute_sensitivity(model, model.backbone, loader, num_samples=args.samples)
+    elapsed = time.perf_counter() - start
+    print(f'\nsensitivity: {info["samples"]} samples in {elapsed:.1f} s on {args.device}')
+
+    alloc = allocate({k: v.cpu() for k, v in scores.items()}, model.backbone, args.budget,
+                     kind=kind, rank=args.rank, alpha=args.alpha)
+    alloc.sensitivity = dict(info, seed=args.seed, config=args.config, mode='eval',
+                             batch_size=loader_cfg.batch_size, seconds=round(elapsed, 2),
+                             excluded=list(EXCLUDED))
+    path = alloc.save(out)
+    plot = plot_patterns(alloc, table, osp.join(out, 'sensitivity_patterns.png'))
+    print(format_summary(alloc, table))
+    print(f'allocation: {path}\nplot: {plot}')
+
+
+if __name__ == '__main__':
+    main()
