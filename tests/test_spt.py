@@ -157,6 +157,21 @@ def test_unachievable_budget_reports_the_nearest_value():
     assert not alloc.budget['within_1pct'] and 'nearest achievable' in alloc.budget['note']
 
 
+def test_ranking_a_prefix_gives_the_full_sort_allocation(monkeypatch):
+    import mmssf.peft.spt.allocation as allocation
+    flat = torch.randint(0, 50, (5000, )).float()  # many ties
+    full = torch.sort(flat, descending=True, stable=True).indices
+    prefix, complete = allocation.ranked_prefix(flat, 700)
+    assert not complete and 0 < len(prefix) < 700 and torch.equal(prefix, full[:len(prefix)])
+    model, _ = build_backbone('mmseg_swin')
+    scores = {k: (v * 20).round() for k, v in random_scores(model).items()}
+    expected = allocate(scores, model, 3000, rank=2)
+    monkeypatch.setattr(allocation, 'MIN_PREFIX', 16)  # 4·τ = 12,000 of 57,000 scores, then grow
+    got = allocate(scores, model, 3000, rank=2)
+    assert got.budget == expected.budget and got.structured == expected.structured
+    assert all(torch.equal(got.unstructured[k], v) for k, v in expected.unstructured.items())
+
+
 def test_budget_parsing_and_bad_budgets():
     assert parse_budget('0.4M') == 400000 and parse_budget('400k') == 400000
     assert parse_budget(4e5) == 400000 and parse_budget('1,000') == 1000

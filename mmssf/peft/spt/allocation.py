@@ -36,6 +36,8 @@ from .sensitivity import scored_parameters
 KINDS = ('lora', 'adapter')
 INDEX_FILE = 'allocation_indices.pth'
 FORMAT_VERSION = 1
+#: scores ranked at first (4·τ at least); the prefix grows when the allocation needs more
+MIN_PREFIX = 1 << 20
 
 
 def parse_budget(text) -> int:
@@ -211,48 +213,17 @@ def allocate(scores: Dict[str, torch.Tensor], backbone: nn.Module, budget, kind:
     sigma = torch.where(eligible, cost / alpha, torch.full_like(cost, float('inf')))
 
     flat = torch.cat([scores[n].detach().reshape(-1).float() for n in names])
-    order = torch.sort(flat, descending=True, stable=True).indices
-    del flat
     starts = torch.cumsum(sizes, 0) - sizes
-    seg = torch.searchsorted(starts, order, right=True) - 1
-
-    def trainable_at(t):
-        c = torch.bincount(seg[:t], minlength=len(names)).double()
-        structured = c >= sigma
-        return int(torch.where(structured, cost, c).sum()), c, structured
-
-    lo, hi = 0, total  # count(lo) <= tau; find the largest such t
-    if trainable_at(hi)[0] <= tau:
-        lo = hi
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if trainable_at(mid)[0] <= tau:
-            lo = mid
-        else:
-            hi = mid
-    met, counts, structured = trainable_at(lo)
-    chosen = [order[:lo]]
-
-    # Fill the rest with the next entries that stay unstructured (never open a new module).
-    pos, gap = lo, tau - met
-    chunk = max(4 * gap, 1 << 16)
-    while gap > 0 and pos < total:
-        cand, cand_seg = order[pos:pos + chunk], seg[pos:pos + chunk]
-        pos += chunk
-        keep = ~structured[cand_seg]
-        cand, cand_seg = cand[keep], cand_seg[keep]
-        # rank of each candidate among the candidates of its own parameter, in sensitivity order
-        perm = torch.sort(cand_seg, stable=True).indices
-        group_start = torch.cumsum(torch.bincount(cand_seg, minlength=len(names)), 0) - \
-            torch.bincount(cand_seg, minlength=len(names))
-        rank_in_seg = torch.empty_like(perm)
-        rank_in_seg[perm] = torch.arange(len(perm)) - group_start[cand_seg[perm]]
-        fits = (counts[cand_seg] + rank_in_seg.double() + 1) < sigma[cand_seg]
-        taken = cand[fits][:gap]
-        chosen.append(taken)
-        counts += torch.bincount(seg_of(taken, starts), minlength=len(names)).double()
-        gap -= len(taken)
-        met += len(taken)
+    k = max(4 * tau, MIN_PREFIX)
+    while True:  # rank only a prefix (a full sort of a ViT-B's 85M scores is slow); grow if short
+        order, complete = ranked_prefix(flat, k)
+        picked = _select(order, complete, seg_of(order, starts), tau, cost, sigma, starts)
+        if picked is not None:
+            break
+        k *= 4
+    del flat
+    lo, met, counts, structured, chosen = picked
+    seg = seg_of(order[:tau], starts)
 
     selected = torch.sort(torch.cat(chosen)).values
     sel_seg = seg_of(selected, starts)
@@ -268,7 +239,7 @@ def allocate(scores: Dict[str, torch.Tensor], backbone: nn.Module, budget, kind:
     structured_modules = {
         owners[i]: dict(param=names[i].rpartition('.')[2], params=int(cost[i]),
                         sensitive=int(counts[i])) for i in range(len(names)) if structured[i]}
-    sensitive = sensitive_counts(order[:tau], seg[:tau], starts, names, backbone)
+    sensitive = sensitive_counts(order[:tau], seg, starts, names, backbone)
     n_struct = sum(v['params'] for v in structured_modules.values())
     n_unstruct = sum(int(v.numel()) for v in unstructured.values())
     assert n_struct + n_unstruct == met
@@ -305,3 +276,70 @@ def sensitive_counts(top, top_seg, starts, names, backbone) -> Dict[str, object]
         else:
             counts[name] = int(per_param[i])
     return counts
+
+
+def ranked_prefix(flat: torch.Tensor, k: int):
+    """Flat indices of the highest scores in descending order, ties broken by index (exactly the
+    start of a stable descending sort): all entries if ``k >= len(flat)``, else those strictly
+    above the k-th largest score. Returns ``(indices, complete)``."""
+    if k >= flat.numel():
+        return torch.sort(flat, descending=True, stable=True).indices, True
+    values, index = torch.topk(flat, k)
+    keep = values > values[-1]  # entries tied with the cut may be cut arbitrarily: drop them
+    index, perm = torch.sort(index[keep])
+    order = torch.sort(values[keep][perm], descending=True, stable=True).indices
+    return index[order], False
+
+
+def _select(order, complete, seg, tau, cost, sigma, starts):
+    """Top-t plus the budget fill over a ranked prefix; None when the prefix is too short."""
+    num = len(cost)
+    available = len(order)
+    if not complete and available < tau:
+        return None
+
+    def trainable_at(t):
+        c = torch.bincount(seg[:t], minlength=num).double()
+        structured = c >= sigma
+        return int(torch.where(structured, cost, c).sum()), c, structured
+
+    # largest t with count(t) <= tau (count never decreases with t): grow a bound, then bisect
+    lo, hi = 0, min(tau, available)
+    while trainable_at(hi)[0] <= tau:
+        lo = hi
+        if hi == available:
+            if not complete:
+                return None
+            break
+        hi = min(2 * hi, available)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if trainable_at(mid)[0] <= tau:
+            lo = mid
+        else:
+            hi = mid
+    met, counts, structured = trainable_at(lo)
+    chosen = [order[:lo]]
+
+    # Fill the rest with the next entries that stay unstructured (never open a new module).
+    pos, gap = lo, tau - met
+    chunk = max(4 * gap, 1 << 16)
+    while gap > 0 and pos < available:
+        cand, cand_seg = order[pos:pos + chunk], seg[pos:pos + chunk]
+        pos, chunk = pos + chunk, 2 * chunk  # deep scans happen: most entries may be blocked
+        keep = ~structured[cand_seg]
+        cand, cand_seg = cand[keep], cand_seg[keep]
+        # rank of each candidate among the candidates of its own parameter, in sensitivity order
+        perm = torch.sort(cand_seg, stable=True).indices
+        per_seg = torch.bincount(cand_seg, minlength=num)
+        rank_in_seg = torch.empty_like(perm)
+        rank_in_seg[perm] = torch.arange(len(perm)) - (torch.cumsum(per_seg, 0) - per_seg)[cand_seg[perm]]
+        fits = (counts[cand_seg] + rank_in_seg.double() + 1) < sigma[cand_seg]
+        taken = cand[fits][:gap]
+        chosen.append(taken)
+        counts += torch.bincount(seg_of(taken, starts), minlength=num).double()
+        gap -= len(taken)
+        met += len(taken)
+    if gap > 0 and not complete:
+        return None
+    return lo, met, counts, structured, chosen
