@@ -121,10 +121,11 @@ def test_allocation_meets_budget_and_follows_the_rule(kind, backbone_name):
         assert counted <= budget and 'nearest achievable' in alloc.budget['note']
     # the structured rule, recomputed by brute force from the global top-t
     flat = torch.cat([s.reshape(-1) for s in scores.values()])
-    top = set(torch.sort(flat, descending=True, stable=True).indices[:alloc.budget['top_t']].tolist())
+    top = torch.zeros(len(flat), dtype=torch.bool)
+    top[torch.sort(flat, descending=True, stable=True).indices[:alloc.budget['top_t']]] = True
     start = 0
     for name, s in scores.items():
-        c = sum(1 for i in range(start, start + s.numel()) if i in top)
+        c = int(top[start:start + s.numel()].sum())
         start += s.numel()
         owner, _, leaf = name.rpartition('.')
         if alloc.structured.get(owner, {}).get('param') == leaf:
@@ -242,10 +243,10 @@ def test_freezing_training_and_peft_round_trip(tmp_path, method, backbone_name):
 
 
 # -- acceptance 3: merge --------------------------------------------------------------------
-def test_spt_lora_merge_equivalence(tmp_path, backbone_name):
+def _merged_spt_lora(tmp_path, backbone_name):
+    """(tuned outputs, merged backbone, input) for a randomized SPT-LoRA backbone."""
     path = _saved_allocation(tmp_path, backbone_name)
     model, size = build_backbone(backbone_name)
-    stock, _ = build_backbone(backbone_name, seed=5)
     apply_peft(model, dict(type='SPTLoRA', allocation=path))
     spt = get_peft(model)
     assert spt.allocation.structured and spt.allocation.unstructured  # both kinds are exercised
@@ -254,29 +255,46 @@ def test_spt_lora_merge_equivalence(tmp_path, backbone_name):
     with torch.no_grad():
         tuned = flatten_outputs(model(x))
         spt.merge(model)
+    return tuned, model, x
+
+
+def test_spt_lora_merge_equivalence(tmp_path, backbone_name):
+    tuned, model, x = _merged_spt_lora(tmp_path, backbone_name)
+    stock, _ = build_backbone(backbone_name, seed=5)
+    with torch.no_grad():
         merged = flatten_outputs(model(x))
     for t, m in zip(tuned, merged):
         assert (t - m).abs().max().item() <= 1e-5
     assert get_peft(model) is None and type(model) is type(stock)
     assert {k: v.shape for k, v in model.state_dict().items()} == \
         {k: v.shape for k, v in stock.state_dict().items()}
-    torch.save({'state_dict': model.state_dict(), 'x': x, 'expected': tuned},
-               tmp_path / 'merged.pth')
+
+
+def test_spt_lora_merged_loads_without_mmssf(tmp_path):
+    """One process that never imports mmssf loads all five merged backbones with strict=True."""
+    for name in sorted(BACKBONES):
+        tuned, model, x = _merged_spt_lora(tmp_path, name)
+        torch.save({'state_dict': model.state_dict(), 'x': x, 'expected': tuned},
+                   tmp_path / f'{name}.pth')
     script = textwrap.dedent(f'''
         import sys, torch
         sys.path.insert(0, {str(TESTS)!r})
-        from conftest import build_backbone, flatten_outputs
-        model, _ = build_backbone({backbone_name!r}, seed=7)
-        ckpt = torch.load({str(tmp_path / 'merged.pth')!r}, weights_only=True)
-        model.load_state_dict(ckpt['state_dict'], strict=True)
-        with torch.no_grad():
-            outs = flatten_outputs(model(ckpt['x']))
+        from conftest import BACKBONES, build_backbone, flatten_outputs
+        for name in sorted(BACKBONES):
+            model, _ = build_backbone(name, seed=7)
+            ckpt = torch.load({str(tmp_path)!r} + f'/{{name}}.pth', weights_only=True)
+            model.load_state_dict(ckpt['state_dict'], strict=True)
+            with torch.no_grad():
+                outs = flatten_outputs(model(ckpt['x']))
+            print(name, max((a - b).abs().max().item() for a, b in zip(outs, ckpt['expected'])))
         assert 'mmssf' not in sys.modules
-        print(max((a - b).abs().max().item() for a, b in zip(outs, ckpt['expected'])))
     ''')
     result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert float(result.stdout.strip().splitlines()[-1]) <= 1e-5
+    rows = [line.split() for line in result.stdout.splitlines()]
+    diffs = {r[0]: r[1] for r in rows if len(r) == 2 and r[0] in BACKBONES}
+    assert sorted(diffs) == sorted(BACKBONES)
+    assert all(float(d) <= 1e-5 for d in diffs.values()), diffs
 
 
 def test_spt_adapter_merge_is_refused(tmp_path):
