@@ -9,6 +9,7 @@ import os
 import os.path as osp
 
 import mmssf  # noqa: F401  (registers mmssf and applies the stack fixes)
+from mmssf.engine.checkpoint_check import add_checkpoint_check
 from mmssf.launch import Config, DictAction, setup_launcher
 
 
@@ -39,6 +40,8 @@ def main():
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
     cfg.load_from = args.checkpoint
+
+    add_checkpoint_check(cfg)  # misfitting load_from / --resume / test checkpoints are errors
 
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner

@@ -8,6 +8,7 @@ import os
 import os.path as osp
 
 import mmssf  # noqa: F401  (registers mmssf and applies the stack fixes)
+from mmssf.engine.checkpoint_check import add_checkpoint_check
 from mmssf.launch import Config, DictAction, setup_launcher
 
 
@@ -53,6 +54,8 @@ def main():
     elif args.resume is not None:
         cfg.resume = True
         cfg.load_from = args.resume
+
+    add_checkpoint_check(cfg)  # misfitting load_from / --resume / test checkpoints are errors
 
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner

@@ -166,11 +166,20 @@ def check_checkpoint(model, checkpoint, source: str = 'checkpoint', resume: bool
 
     if saved is not None and sorted(saved.items()) != sorted(current.items()) \
             and (resume or holds_peft):
+        if not saved:
+            advice = ('--resume continues a run with the config it was trained with; to start '
+                      'tuning from these weights, use load_from')
+        elif not current:
+            advice = ('use it with the tuned config it was trained with, or use its merged stock '
+                      'checkpoint (X_merged.pth, or tools/model_converters/merge_peft.py) with '
+                      'this stock config')
+        else:
+            advice = ('a PEFT checkpoint only fits a config with the same method; to start '
+                      'another method from its weights, load its merged stock checkpoint '
+                      '(X_merged.pth, or tools/model_converters/merge_peft.py) with load_from')
         raise CheckpointMismatchError(
             f'mmssf: cannot {action} {source}: it was trained with {_describe(saved)}, but this '
-            f'config tunes with {_describe(current)}. A PEFT checkpoint only fits a config with '
-            f'the same method (and targets); to start another method from its weights, load its '
-            f'merged stock checkpoint (X_merged.pth) with load_from.')
+            f'config tunes with {_describe(current)}. {advice[0].upper() + advice[1:]}.')
 
     report = load_report(model, state_dict)
     allowed = [re.compile(p) for p in allow_mismatch]

@@ -1,0 +1,193 @@
+"""Checkpoints that do not fit are errors at the Runner level, not warnings.
+
+Through ``tools/train.py`` / ``tools/test.py`` (which add ``mmssf.CheckpointCheckHook``): a PEFT
+checkpoint loaded (``load_from`` / ``--resume`` / test) into a config tuned with another method
+fails naming both methods; a checkpoint whose keys do not fit fails listing the missing,
+unexpected and mis-shaped keys, where mmengine would only warn and train on random weights.
+A stock / merged checkpoint may still start tuning (``load_from``), and ``allow_mismatch`` accepts
+the misfits a user expects.
+"""
+import os.path as osp
+
+import pytest
+import torch
+
+from conftest import build_backbone
+from runner_utils import CONFIGS, data_options, run_tool, write_peft_config
+
+STOCK = osp.join(CONFIGS, 'vit-tiny_folder-cls.py')
+ONE_EPOCH = ['train_cfg.max_epochs=1', 'train_cfg.val_interval=1']
+
+
+@pytest.fixture(scope='module')
+def ssf_run(tmp_path_factory):
+    """One epoch of SSF on the tiny ViT classifier: epoch_1.pth and epoch_1_merged.pth."""
+    from mmssf.datasets.image_folder import make_image_folder
+    tmp = tmp_path_factory.mktemp('ckpt_errors')
+    data = make_image_folder(str(tmp / 'folder'), per_class=2) + '/'
+    cfg = write_peft_config(tmp / 'ssf.py', STOCK, 'VisionTransformer', dict(type='SSF'))
+    run_tool(['tools/train.py', cfg, '--work-dir', str(tmp / 'ssf'), '--cfg-options']
+             + ONE_EPOCH + data_options(data))
+    return dict(tmp=tmp, data=data, cfg=cfg, ckpt=str(tmp / 'ssf' / 'epoch_1.pth'),
+                merged=str(tmp / 'ssf' / 'epoch_1_merged.pth'))
+
+
+def _fails(args):
+    with pytest.raises(AssertionError) as err:
+        run_tool(args)
+    return str(err.value)
+
+
+def _train(run, cfg, work, *extra):
+    return ['tools/train.py', cfg, '--work-dir', str(run['tmp'] / work)] + list(extra) + \
+        ['--cfg-options'] + ONE_EPOCH + data_options(run['data'])
+
+
+@pytest.fixture(scope='module')
+def lora_cfg(ssf_run):
+    return write_peft_config(ssf_run['tmp'] / 'lora.py', STOCK, 'VisionTransformer',
+                             dict(type='LoRA', r=2))
+
+
+def test_checkpoint_records_methods(ssf_run):
+    import mmssf  # noqa: F401  (weights_only loading of Runner checkpoints)
+    meta = torch.load(ssf_run['ckpt'], map_location='cpu', weights_only=True)['meta']
+    assert meta['mmssf']['methods'] == {'backbone': {'type': 'SSF', 'targets': None}}
+
+
+@pytest.mark.parametrize('how', ['load_from', 'resume'])
+def test_other_method_names_both(ssf_run, lora_cfg, how):
+    extra = (['--resume', ssf_run['ckpt']] if how == 'resume' else [])
+    args = _train(ssf_run, lora_cfg, f'lora_{how}', *extra)
+    if how == 'load_from':
+        args.append(f'load_from={ssf_run["ckpt"]}')
+    message = _fails(args)
+    assert 'CheckpointMismatchError' in message
+    assert 'trained with SSF on backbone' in message and 'tunes with LoRA on backbone' in message
+    assert ssf_run['ckpt'] in message
+    assert not osp.exists(ssf_run['tmp'] / f'lora_{how}' / 'epoch_1.pth')
+
+
+def test_test_tool_refuses_other_method(ssf_run, lora_cfg):
+    message = _fails(['tools/test.py', lora_cfg, ssf_run['ckpt'], '--work-dir',
+                      str(ssf_run['tmp'] / 't_lora'), '--cfg-options'] + data_options(ssf_run['data']))
+    assert 'trained with SSF on backbone' in message and 'LoRA on backbone' in message
+
+
+def test_peft_checkpoint_into_stock_config(ssf_run):
+    message = _fails(['tools/test.py', STOCK, ssf_run['ckpt'], '--work-dir',
+                      str(ssf_run['tmp'] / 't_stock'), '--cfg-options'] + data_options(ssf_run['data']))
+    assert 'trained with SSF on backbone' in message and 'no PEFT method' in message
+    assert 'X_merged.pth' in message
+
+
+def test_misfitting_keys_are_listed(ssf_run):
+    merged = torch.load(ssf_run['merged'], map_location='cpu', weights_only=True)
+    state = dict(merged['state_dict'])
+    del state['backbone.layers.1.ln2.bias']
+    state['backbone.extra.weight'] = torch.zeros(3)
+    width = state['head.layers.head.weight'].shape[1]
+    state['head.layers.head.weight'] = torch.zeros(5, width)  # a head for another number of classes
+    bad = ssf_run['tmp'] / 'misfit.pth'
+    torch.save({'state_dict': state}, bad)
+    message = _fails(_train(ssf_run, STOCK, 'misfit') + [f'load_from={bad}'])
+    assert 'does not fit the model' in message
+    assert 'missing in the checkpoint (1): backbone.layers.1.ln2.bias' in message
+    assert 'unexpected, not in the model (1): backbone.extra.weight' in message
+    assert (f'shape mismatch (1): head.layers.head.weight (checkpoint torch.Size([5, {width}]), '
+            f'model torch.Size([3, {width}]))') in message
+    assert 'allow_mismatch' in message  # how to accept misfits on purpose
+
+    # the user says which misfits are expected: training goes on
+    allowing = ssf_run['tmp'] / 'allowing.py'
+    allowing.write_text(f'_base_ = {STOCK!r}\ncustom_hooks = [dict(type="mmssf.CheckpointCheckHook", '
+                        f'allow_mismatch=[r"^head\\.layers\\.head\\.", r"ln2\\.bias$", r"^backbone\\.extra"])]\n')
+    log = run_tool(_train(ssf_run, str(allowing), 'allowed') + [f'load_from={bad}'])
+    assert osp.isfile(ssf_run['tmp'] / 'allowed' / 'epoch_1.pth') and 'Load checkpoint' in log
+
+
+def test_stock_checkpoint_starts_tuning_but_cannot_resume(ssf_run, lora_cfg):
+    # load_from a merged (stock) checkpoint into another method's config: tuning starts from it
+    log = run_tool(_train(ssf_run, lora_cfg, 'lora_from_merged') + [f'load_from={ssf_run["merged"]}'])
+    assert 'holds no PEFT tensors' in log and 'PEFT tensors start from their initial values' in log
+    assert osp.isfile(ssf_run['tmp'] / 'lora_from_merged' / 'epoch_1.pth')
+    # --resume continues a run: the PEFT tensors must be in the file
+    message = _fails(_train(ssf_run, ssf_run['cfg'], 'resume_merged', '--resume', ssf_run['merged']))
+    assert 'missing in the checkpoint' in message and 'ssf_scale' in message
+    assert 'use load_from instead' in message
+
+
+# ----------------------------------------------------------------------------- in process
+def _tuned(peft):
+    from mmssf.peft import apply_peft
+    model, _ = build_backbone('mmpretrain_vit')
+    apply_peft(model, peft)
+    return model
+
+
+def test_rules_in_process():
+    from mmssf.engine import CheckpointMismatchError
+    from mmssf.engine.checkpoint_check import check_checkpoint
+    ssf = _tuned(dict(type='SSF'))
+    ckpt = {'meta': {'mmssf': {'methods': {'<root>': {'type': 'SSF'}}}},
+            'state_dict': {'module.' + k: v for k, v in ssf.state_dict().items()}}  # DDP prefix
+    assert check_checkpoint(_tuned(dict(type='SSF')), ckpt, resume=True)['initial_peft'] == []
+
+    # BitFit and linear probing add no tensors: the keys fit, only the recorded methods differ
+    bitfit, linear = _tuned(dict(type='BitFit')), _tuned(dict(type='LinearProbe'))
+    bitfit_ckpt = {'meta': {'mmssf': {'methods': {'<root>': {'type': 'BitFit'}}}},
+                   'state_dict': bitfit.state_dict()}
+    check_checkpoint(linear, bitfit_ckpt)  # load_from: a full set of weights, fine
+    with pytest.raises(CheckpointMismatchError, match='trained with BitFit on <root>, but this '
+                                                      'config tunes with LinearProbe on <root>'):
+        check_checkpoint(linear, bitfit_ckpt, resume=True)
+
+    # no meta (a checkpoint from elsewhere): the keys still tell
+    with pytest.raises(CheckpointMismatchError, match=r'unexpected keys are SSF tensors but this '
+                                                      r'config tunes with LoRA'):
+        check_checkpoint(_tuned(dict(type='LoRA', r=2)), {'state_dict': ssf.state_dict()})
+
+    # a partial PEFT state is no stock checkpoint: the missing PEFT keys are errors
+    partial = {k: v for k, v in ssf.state_dict().items() if not k.startswith('layers.1.')
+               or 'ssf_' not in k}
+    with pytest.raises(CheckpointMismatchError, match=r'missing in the checkpoint \(\d+\): '
+                                                      r'layers\.1\..*ssf_'):
+        check_checkpoint(_tuned(dict(type='SSF')), {'state_dict': partial})
+
+    # merge tool mode: nothing may be missing, not even PEFT tensors
+    stock, _ = build_backbone('mmpretrain_vit')
+    report = check_checkpoint(_tuned(dict(type='SSF')), {'state_dict': stock.state_dict()})
+    assert report['initial_peft'] and all('ssf_' in k for k in report['initial_peft'])
+    with pytest.raises(CheckpointMismatchError, match='ssf_'):
+        check_checkpoint(_tuned(dict(type='SSF')), {'state_dict': stock.state_dict()},
+                         allow_missing_peft=False)
+
+    # a stock run's resumable checkpoint: starts tuning (load_from), is not resumed by one
+    stock_run = {'meta': {'mmssf': {'methods': {}}}, 'state_dict': stock.state_dict()}
+    check_checkpoint(_tuned(dict(type='SSF')), stock_run)
+    with pytest.raises(CheckpointMismatchError, match=r'trained with no PEFT method .* this config '
+                                                      r'tunes with SSF on <root>\. --resume continues'):
+        check_checkpoint(_tuned(dict(type='SSF')), stock_run, resume=True)
+
+
+def test_batchnorm_counter_may_be_missing():
+    from torch import nn
+
+    from mmssf.engine.checkpoint_check import check_checkpoint
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
+    state = {k: v for k, v in model.state_dict().items() if 'num_batches_tracked' not in k}
+    check_checkpoint(model, {'state_dict': state})
+
+
+def test_add_checkpoint_check_once():
+    from mmengine.config import Config
+
+    from mmssf.engine.checkpoint_check import add_checkpoint_check
+    cfg = Config(dict(custom_hooks=[dict(type='mmssf.ReparamCheckpointHook')]))
+    add_checkpoint_check(cfg)
+    add_checkpoint_check(cfg)
+    assert [h['type'] for h in cfg.custom_hooks] == ['mmssf.ReparamCheckpointHook',
+                                                     'mmssf.CheckpointCheckHook']
+    own = Config(dict(custom_hooks=[dict(type='mmssf.CheckpointCheckHook', allow_mismatch=['x'])]))
+    add_checkpoint_check(own)
+    assert len(own.custom_hooks) == 1 and own.custom_hooks[0]['allow_mismatch'] == ['x']
