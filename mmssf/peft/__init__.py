@@ -13,6 +13,7 @@ from .vpt import VPTDeep, VPTShallow
 
 __all__ = [
     'Adapter', 'BitFit', 'FullFineTune', 'LinearProbe', 'LoRA', 'MergeError', 'PeftMethod',
-    'PeftUnit', 'RLRR', 'SPTAdapter', 'SPTLoRA', 'SSF', 'VPTDeep', 'VPTShallow', 'apply_peft', 'build_peft', 'find_table',
-    'get_peft', 'load_base_weights', 'load_peft', 'save_peft', 'supported_backbones'
+    'PeftUnit', 'RLRR', 'SPTAdapter', 'SPTLoRA', 'SSF', 'VPTDeep', 'VPTShallow', 'apply_peft',
+    'build_peft', 'find_table', 'get_peft', 'load_base_weights', 'load_peft', 'save_peft',
+    'supported_backbones'
 ]
