@@ -14,7 +14,8 @@ What is accepted, besides an exact fit:
   run, and the run's PEFT tensors are not in that file.
 * BN ``num_batches_tracked`` missing (mmengine ignores it too).
 * keys matching the hook's ``allow_mismatch`` regexes, e.g. a head re-initialised for another
-  number of classes: ``dict(type='mmssf.CheckpointCheckHook', allow_mismatch=[r'bbox_head\\.fc_cls'])``.
+  number of classes:
+  ``dict(type='mmssf.CheckpointCheckHook', allow_mismatch=[r'bbox_head\\.fc_cls'])``.
 
 Everything else missing, unexpected or mis-shaped is an error listing the keys. The check loads
 the state dict the way the Runner is about to (same recursion, the modules' own version /
@@ -200,7 +201,8 @@ def check_checkpoint(model, checkpoint, source: str = 'checkpoint', resume: bool
         if missing:
             lines.append(f'  missing in the checkpoint ({len(missing)}): {_short(missing)}')
         if unexpected:
-            lines.append(f'  unexpected, not in the model ({len(unexpected)}): {_short(unexpected)}')
+            lines.append(f'  unexpected, not in the model ({len(unexpected)}): '
+                         f'{_short(unexpected)}')
         if mismatched:
             lines.append(f'  shape mismatch ({len(mismatched)}): ' + _short(
                 [f'{k} (checkpoint {a}, model {b})' for k, a, b in mismatched]))

@@ -87,7 +87,8 @@ def convert(state_dict, target: str) -> 'OrderedDict[str, torch.Tensor]':
             out[match[0].expand(match[1])] = value
     if unknown:
         raise ConversionError(f'keys of no known timm ViT layout: {_short(unknown)} (supported: '
-                              f'the plain ViT of timm.models.vision_transformer; {", ".join(r[0] for r in RULES)})')
+                              f'the plain ViT of timm.models.vision_transformer: '
+                              f'{", ".join(r[0] for r in RULES)})')
     if unsupported:
         raise ConversionError(f'the {target} VisionTransformer has no tensor for: '
                               f'{_short(unsupported)}')
@@ -121,7 +122,8 @@ def backbone_settings(state_dict, target: str, num_heads=None) -> dict:
         return dict(arch=dict(embed_dims=dims, num_layers=layers, num_heads=heads,
                               feedforward_channels=ffn), img_size=grid * patch, patch_size=patch)
     return dict(img_size=grid * patch, patch_size=patch, embed_dims=dims, num_layers=layers,
-                num_heads=heads, mlp_ratio=ffn / dims, patch_bias='patch_embed.projection.bias' in state_dict,
+                num_heads=heads, mlp_ratio=ffn / dims,
+                patch_bias='patch_embed.projection.bias' in state_dict,
                 final_norm='ln1.weight' in state_dict, with_cls_token=True,
                 norm_cfg=dict(type='LN', eps=1e-6))
 
@@ -151,7 +153,8 @@ def _npz_arch(path):
         depth = w[f'{prefix}Transformer/encoderblock/LayerNorm_0/scale'].shape[0]
         block, idx = f'{prefix}Transformer/encoderblock/', (0, )
     else:
-        found = (re.match(re.escape(prefix) + r'Transformer/encoderblock_(\d+)/', k) for k in w.files)
+        block_rx = re.compile(re.escape(prefix) + r'Transformer/encoderblock_(\d+)/')
+        found = (block_rx.match(k) for k in w.files)
         depth = len({m.group(1) for m in found if m})
         block, idx = f'{prefix}Transformer/encoderblock_0/', ()
     mha = next(k for k in w.files if k.startswith(block + 'MultiHeadDotProductAttention_')
@@ -205,6 +208,9 @@ def main(argv=None):
     print(f'vit_timm_to_mm: {len(state_dict)} tensors -> {args.dst} ({args.target} '
           f'VisionTransformer keys{", prefix " + repr(args.prefix) if args.prefix else ""})')
     print(f'backbone settings these weights need: {settings}')
+    if args.target == 'mmseg':
+        print('note: mmseg VisionTransformer defaults to patch_bias=False and LayerNorm eps=1e-5; '
+              'without the settings above the patch bias is dropped and the features differ')
 
 
 if __name__ == '__main__':
