@@ -1,0 +1,12 @@
+# Linear probing (backbone frozen) on Swin-B (ImageNet-22k), CIFAR-100 at 224 px (100-class head
+# trained).
+# lr 1e-3, 4 GPUs x 32 images: the official SSF script
+# train_scripts/swin/cifar_100/train_linear_probe.sh.
+_base_ = '../_base_/swin-base_in22k-pre_cifar100-224px.py'
+custom_imports = dict(imports=['mmssf'], allow_failed_imports=False)
+
+model = dict(backbone=dict(type='mmssf.PeftBackbone', stock_type='SwinTransformer',
+                           peft=dict(type='Linear')))
+optim_wrapper = dict(constructor='mmssf.PeftOptimWrapperConstructor', optimizer=dict(lr=1e-3))
+custom_hooks = [dict(type='mmssf.ReparamCheckpointHook'),
+                dict(type='mmssf.TrainableParamsReportHook')]
