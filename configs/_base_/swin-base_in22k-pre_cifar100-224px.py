@@ -21,8 +21,9 @@ model = dict(
         drop_path_rate=0.0,
         init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
     # LinearClsHead (no hidden layer): 102,500 params. Its init moves here from the model-level
-    # init_cfg below, which would re-initialise every Linear / LayerNorm of the model — the
-    # pretrained backbone included — when the Runner calls init_weights().
+    # init_cfg below, which re-initialises every Linear / LayerNorm of the model (the backbone
+    # then reloads its pretrained weights; mmssf.PeftBackbone does that too): only the head
+    # needs it.
     head=dict(num_classes=100,
               init_cfg=dict(_delete_=True, type='TruncNormal', layer='Linear', std=0.02,
                             bias=0.)),

@@ -46,11 +46,12 @@ class PeftOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         finally:
             logger.removeFilter(log_filter)
         names = {id(p): n for n, p in module.named_parameters()}
-        frozen = trainable = no_decay = 0
+        # (mmengine drops frozen parameters itself, so count them on the module)
+        frozen = sum(p.numel() for p in module.parameters() if not p.requires_grad)
+        trainable = no_decay = 0
         for group in groups:
             param = group['params'][0]
             if not param.requires_grad:
-                frozen += param.numel()
                 continue
             trainable += param.numel()
             leaf = names.get(id(param), '').rsplit('.', 1)[-1]

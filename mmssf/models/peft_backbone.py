@@ -11,11 +11,12 @@ ones: stock checkpoints load without remapping and the PEFT tensors live under t
 tune (``...attn.w_msa.qkv.ssf_scale``).
 """
 import logging
+import types
 
-from mmengine.logging import print_log
+from mmengine.logging import MMLogger, print_log
 from mmengine.registry import MODELS as ROOT_MODELS
 
-from ..peft import apply_peft, load_peft
+from ..peft import apply_peft, get_peft, load_peft
 from ..peft.targets import find_table
 from ..registry import MODELS
 
@@ -43,7 +44,7 @@ def PeftBackbone(stock_type, peft, peft_checkpoint=None, **stock_kwargs):
         raise TypeError(f'mmssf.PeftBackbone cannot tune {stock_type!r}: {err}') from None
     if hasattr(backbone, 'init_weights'):
         backbone.init_weights()
-        backbone._is_init = True  # the Runner must not re-initialise it (mmdet Swin overrides)
+        _reload_after_parent_init(backbone)
     method = apply_peft(backbone, peft)
     if peft_checkpoint:
         load_peft(peft_checkpoint, backbone)
@@ -52,3 +53,49 @@ def PeftBackbone(stock_type, peft, peft_checkpoint=None, **stock_kwargs):
               level=logging.INFO)
     return backbone
 
+
+
+def _reload_after_parent_init(backbone):
+    """Let the Runner's ``model.init_weights()`` run the stock backbone init once more.
+
+    A parent's ``init_cfg`` (mmpretrain's classifiers: TruncNormal over every Linear, Constant
+    over every LayerNorm) is applied to the whole model, backbone included, *before* the children
+    initialise; in the stock flow the backbone's own ``init_weights`` then loads the pretrained
+    weights again. Marking the backbone initialised would skip that and train from the parent's
+    random values. Re-running the stock init restores exactly the stock result (the pretrained
+    weights) and never touches PEFT tensors, which are no stock module's weight / bias.
+    """
+    stock_init = type(backbone).init_weights
+
+    def init_weights(self):
+        self._is_init = False
+        method = get_peft(self)
+        quiet = _OnlyPeftKeysMissing(method.peft_state_dict(self) if method else {})
+        logger = MMLogger.get_current_instance()
+        logger.addFilter(quiet)
+        try:
+            stock_init(self)
+        finally:
+            logger.removeFilter(quiet)
+        self._is_init = True
+        del self.init_weights  # once: later calls see the plain (initialised) backbone
+
+    backbone._is_init = False
+    backbone.init_weights = types.MethodType(init_weights, backbone)
+
+
+class _OnlyPeftKeysMissing(logging.Filter):
+    """Drops the pretrained loader's "missing keys" warning when only PEFT tensors are missing
+    (they are never in a stock checkpoint); any other mismatch is still logged."""
+
+    def __init__(self, peft_keys):
+        super().__init__()
+        self.peft_keys = set(peft_keys)
+
+    def filter(self, record):
+        msg = record.getMessage()
+        if 'missing keys in source state_dict:' not in msg or 'unexpected key' in msg:
+            return True
+        listed = msg.split('missing keys in source state_dict:', 1)[1].split('\n')[0]
+        missing = {k.strip() for k in listed.split(',') if k.strip()}
+        return not missing <= self.peft_keys
