@@ -134,7 +134,7 @@ def naive_ssf(method):
             continue  # (no such unit on the mmpretrain backbones)
         for handle in unit.handles:
             handle.remove()
-        dim = unit.channel_dim
+        dim = getattr(unit, "channel_dim", -1)  # (norm units fold into the norm: no such attribute)
 
         def hook(module, args, out, unit=unit, dim=dim):
             shape = [1] * out.dim()

@@ -6,18 +6,17 @@ class _ScaleShift(torch.autograd.Function):
     """``y = x * scale + shift`` along one channel dim, saving only ``y`` for backward.
 
     A plain ``x * scale + shift`` saves its input ``x``; the op after SSF (attention, GELU, the
-    next Linear) saves ``y``, so both would be kept. The input is recovered in backward as
-    ``(y - shift) / scale``, so SSF adds no activation memory of its own.
+    next Linear) saves ``y``, so both would be kept. The scale gradient ``Σ g·x`` is computed from
+    ``y`` as ``(Σ g·y - shift·Σ g) / scale``, so SSF adds no activation memory of its own and
+    never rebuilds its input.
     """
 
     @staticmethod
     def forward(ctx, x, scale, shift, dim):
         shape = [1] * x.dim()
         shape[dim] = -1
-        scale_v = scale.view(shape)
-        y = x * scale_v
-        if shift is not None:
-            y = y + shift.view(shape)
+        y = (torch.addcmul(shift.view(shape), x, scale.view(shape)) if shift is not None
+             else x * scale.view(shape))
         ctx.dim = dim
         ctx.has_shift = shift is not None
         ctx.save_for_backward(y, scale, shift if shift is not None else scale.new_empty(0))
@@ -33,12 +32,16 @@ class _ScaleShift(torch.autograd.Function):
         grad_x = grad_scale = grad_shift = None
         if ctx.needs_input_grad[0]:
             grad_x = grad_y * scale.view(shape)
+        sum_grad = grad_y.sum(reduce_dims) if ctx.has_shift and any(ctx.needs_input_grad[1:3]) \
+            else None
         if ctx.needs_input_grad[1]:
-            x = y - shift.view(shape) if ctx.has_shift else y
-            x = x / scale.view(shape)
-            grad_scale = (grad_y * x).sum(reduce_dims)
+            # Σ g·x with x = (y - β) / γ, without materialising x: (Σ g·y - β Σ g) / γ
+            grad_scale = (grad_y * y).sum(reduce_dims)
+            if ctx.has_shift:
+                grad_scale = grad_scale - shift * sum_grad
+            grad_scale = grad_scale / scale
         if ctx.has_shift and ctx.needs_input_grad[2]:
-            grad_shift = grad_y.sum(reduce_dims)
+            grad_shift = sum_grad
         return grad_x, grad_scale, grad_shift, None
 
 

@@ -35,7 +35,7 @@ def out_channels(module: nn.Module) -> int:
 class SSFUnit(PeftUnit):
     """Scale (and shift) the output of one module.
 
-    Options: ``init_std`` (default 0.02), ``shift`` (default True).
+    Options: ``init_std`` (default 0.02), ``shift`` (default True), ``fold_norms`` (default True).
     """
 
     def attach(self):
@@ -51,12 +51,21 @@ class SSFUnit(PeftUnit):
                 use_shift = False  # nowhere to fold it: the default placement stays mergeable
         self.shift = (self.add_parameter('ssf_shift', torch.empty(channels).normal_(0.0, std))
                       if use_shift else None)
-        if self.reparam:
-            # Output not hookable (see hooks.py): re-parameterize the producer (= the merge rule).
+        if self.reparam or self.folds_into_norm():
+            # Output not hookable (see hooks.py), or a LayerNorm: re-parameterize the producer
+            # (= the merge rule). For a LayerNorm this is also the lean choice in training: its
+            # backward already keeps its input, so scaling its affine parameters saves nothing
+            # more, where an op on its output would keep that output too.
             self.add_weight_transform('ssf', weight_and_bias_names(module), self.fold)
         else:
             self.channel_dim = 1 if isinstance(module, nn.Conv2d) else -1
             self.handles.append(module.register_forward_hook(self.forward_hook))
+
+    def folds_into_norm(self) -> bool:
+        module = self.module
+        return (isinstance(module, nn.LayerNorm) and module.weight is not None
+                and (module.bias is not None or self.shift is None)
+                and self.options.get('fold_norms', True))
 
     def forward_hook(self, module, args, out):
         return scale_shift(out, self.scale, self.shift, self.channel_dim)
@@ -112,6 +121,9 @@ class SSF(PeftMethod):
             official code's intent, not in the published counts. Default False.
         init_std (float): std of the N(1, σ) scale and N(0, σ) shift init. Default 0.02.
         shift (bool): learn β as well as γ. Default True.
+        fold_norms (bool): train the SSF after a LayerNorm as a re-parameterization of the norm's
+            own affine parameters (same function, less activation memory: nothing extra is kept
+            for backward). False applies it to the norm's output instead. Default True.
     """
     unit_cls = SSFUnit
     default_targets = SSF_ROLES
