@@ -87,7 +87,8 @@ def child(args):
     x, y = pc.make_batch(args.batch)
     for _ in range(2):
         pc.train_step(clf, opt, x, y)
-    print('CHILD_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    # VmHWM: this process's own peak (ru_maxrss would carry the parent's across fork + exec)
+    print('CHILD_RSS_KB', pc.proc_status_kb('VmHWM') or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 def child_rss(cfg, args):
