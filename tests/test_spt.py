@@ -325,6 +325,26 @@ def test_sparse_linear_delta_is_exact():
     assert torch.allclose(_linear_path(weight, x, index, delta), _dense_path(weight, x, index, delta))
 
 
+def test_sparse_deltas_train_under_autocast(tmp_path):
+    """Mixed precision: the Linear runs in bfloat16, its input and the deltas stay float32."""
+    path = _saved_allocation(tmp_path, 'mmpretrain_vit')
+    model, size = build_backbone('mmpretrain_vit')
+    apply_peft(model, dict(type='SPTLoRA', allocation=path))
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        outs = flatten_outputs(model(torch.randn(2, 3, *size)))
+    sum(o.float().square().mean() for o in outs).backward()
+    deltas = [p for n, p in model.named_parameters() if 'spt_delta' in n]
+    assert deltas and all(p.grad is not None and p.grad.dtype == torch.float32 for p in deltas)
+    # the op itself with a float32 input and a bfloat16 Linear output (what autocast produces)
+    x = torch.randn(4, 8, requires_grad=True)
+    delta = torch.randn(3, requires_grad=True)
+    out = torch.nn.functional.linear(x, torch.randn(5, 8)).bfloat16()
+    y = sparse_linear_delta(out, x, delta, torch.tensor([1, 9, 30]), 8)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert x.grad.dtype == torch.float32 and delta.grad.dtype == torch.float32
+
+
 def _backward_peak_bytes(path, weight, x, k):
     from torch.profiler import ProfilerActivity, profile
     index = torch.randperm(weight.numel(), generator=torch.Generator().manual_seed(0))[:k]

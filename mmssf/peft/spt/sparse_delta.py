@@ -32,7 +32,8 @@ class _SparseLinearDelta(torch.autograd.Function):
     @staticmethod
     def forward(ctx, out, x, delta, rows, cols):
         ctx.save_for_backward(x, delta, rows, cols)
-        return out.index_add(-1, rows, x.index_select(-1, cols) * delta.to(x.dtype))
+        # (under autocast the Linear's output may be in a lower precision than its input)
+        return out.index_add(-1, rows, (x.index_select(-1, cols) * delta.to(x.dtype)).to(out.dtype))
 
     @staticmethod
     def backward(ctx, grad):
@@ -40,9 +41,9 @@ class _SparseLinearDelta(torch.autograd.Function):
         grad_rows = grad.index_select(-1, rows)
         grad_x = grad_delta = None
         if ctx.needs_input_grad[1]:
-            grad_x = torch.zeros_like(x).index_add_(-1, cols, grad_rows * delta.to(grad.dtype))
+            grad_x = torch.zeros_like(x).index_add_(-1, cols, (grad_rows * delta).to(x.dtype))
         if ctx.needs_input_grad[2]:
-            grad_delta = (grad_rows * x.index_select(-1, cols)).reshape(-1, len(rows)).sum(0)
+            grad_delta = (grad_rows.to(x.dtype) * x.index_select(-1, cols)).reshape(-1, len(rows)).sum(0)
             grad_delta = grad_delta.to(delta.dtype)
         return grad, grad_x, grad_delta, None, None
 
