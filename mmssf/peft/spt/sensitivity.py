@@ -78,6 +78,9 @@ def compute_sensitivity(model: nn.Module, backbone: nn.Module, batches: Iterable
     scores = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
     requires = {id(p): p.requires_grad for p in model.parameters()}
     was_training = model.training
+    # deterministic forward: no dropout / drop-path, fixed norm statistics. Before enabling the
+    # gradients: some backbones re-freeze stages in train() / eval()
+    model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     for p in params.values():
@@ -86,7 +89,6 @@ def compute_sensitivity(model: nn.Module, backbone: nn.Module, batches: Iterable
     if progress:
         from mmengine.utils import ProgressBar
         bar = ProgressBar(num_samples)
-    model.eval()  # deterministic forward: no dropout / drop-path, fixed norm statistics
     used = num_batches = 0
     try:
         for batch in batches:
@@ -108,10 +110,10 @@ def compute_sensitivity(model: nn.Module, backbone: nn.Module, batches: Iterable
             if used >= num_samples:
                 break
     finally:
+        model.train(was_training)
         for p in model.parameters():
             p.grad = None
             p.requires_grad_(requires[id(p)])
-        model.train(was_training)
     if used == 0:
         raise ValueError('the dataloader yielded no samples: cannot compute SPT sensitivity')
     info = dict(samples=used, samples_asked=num_samples, batches=num_batches)
