@@ -22,7 +22,7 @@ def random_scores(model, seed=0):
     return {n: torch.rand(p.shape, generator=gen) ** 4 for n, p in scored_parameters(model).items()}
 
 
-def tiny_classifier(num_classes=5, **backbone_kw):
+def tiny_classifier(num_classes=5):
     from mmengine.registry import init_default_scope
     from mmpretrain.registry import MODELS
     init_default_scope('mmpretrain')
@@ -30,8 +30,7 @@ def tiny_classifier(num_classes=5, **backbone_kw):
     model = MODELS.build(dict(
         type='ImageClassifier',
         backbone=dict(type='VisionTransformer', img_size=32, patch_size=8,
-                      arch=dict(embed_dims=32, num_layers=2, num_heads=2, feedforward_channels=64),
-                      **backbone_kw),
+                      arch=dict(embed_dims=32, num_layers=2, num_heads=2, feedforward_channels=64)),
         head=dict(type='VisionTransformerClsHead', num_classes=num_classes, in_channels=32),
         data_preprocessor=dict(type='ClsDataPreprocessor', mean=[127.5] * 3, std=[64.] * 3)))
     model.init_weights()
@@ -100,16 +99,27 @@ def test_fewer_samples_than_asked_is_an_explicit_fallback(monkeypatch):
 
 
 def test_backbones_that_refreeze_in_eval_are_still_scored():
-    """mmpretrain's ViT re-freezes ``frozen_stages`` in train() / eval(): every scored layer must
-    still get gradients, and the model's own freezing is back afterwards."""
-    model = tiny_classifier(frozen_stages=1)
+    """mmdet's Swin re-freezes ``frozen_stages`` in every train() / eval() call: its frozen
+    stages must still get gradients here, and its freezing is back afterwards."""
+    backbone, size = build_backbone('mmdet_swin', frozen_stages=1)
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = backbone
+
+        def forward(self, x):
+            return sum(o.square().mean() for o in self.backbone(x))
+
+    model = Model()
     model.train()
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-    assert any(n.startswith('backbone.layers.0.') for n in frozen)
-    scores, _ = compute_sensitivity(model, model.backbone, classification_batches([2]),
-                                    num_samples=2, progress=False)
-    assert all(scores[k].abs().sum() > 0 for k in scores if k.startswith('layers.0.')
-               and k.endswith('weight'))
+    assert any(n.startswith('backbone.stages.0.') for n in frozen)
+    batches = [dict(inputs=torch.randn(2, 3, *size))]
+    scores, _ = compute_sensitivity(model, backbone, batches, num_samples=2, progress=False,
+                                    loss_fn=lambda m, b: m(b['inputs']))
+    stage0 = [k for k in scores if k.startswith('stages.0.') and k.endswith('qkv.weight')]
+    assert stage0 and all(scores[k].abs().sum() > 0 for k in stage0)
     assert frozen == {n for n, p in model.named_parameters() if not p.requires_grad}
 
 
