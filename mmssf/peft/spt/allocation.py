@@ -11,8 +11,9 @@
 The trainable count ``Σ structured cost + Σ unstructured entries`` never decreases with t, so t is
 the largest value whose count stays within τ (binary search). The remaining gap is then filled
 with the next most sensitive entries that do not open a new structured module, which brings the
-count to τ unless nothing is left to add; the file records the budget asked, the budget met and
-whether they agree within 1 %.
+count to τ unless nothing is left to add (then t + 1 — one more structured module, above τ — is
+taken if it lands nearer); the file records the budget asked, the budget met and whether they
+agree within 1 %.
 
 An allocation is saved as ``allocation.json`` (everything but the indices, human readable) plus
 ``allocation_indices.pth`` (plain int64 tensors: flat indices of the unstructured entries per
