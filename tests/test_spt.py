@@ -407,7 +407,6 @@ def test_allocation_for_another_backbone_is_refused(tmp_path):
     other, _ = build_backbone('mmseg_vit')
     with pytest.raises(ValueError, match='made for a mmpretrain VisionTransformer.*mmseg'):
         apply_peft(other, dict(type='SPTLoRA', allocation=path))
-    deeper = BACKBONES['mmpretrain_vit'][0]
     from mmpretrain.models.backbones import VisionTransformer
     deeper = VisionTransformer(arch=dict(embed_dims=32, num_layers=3, num_heads=2,
                                          feedforward_channels=64), img_size=64, patch_size=16)

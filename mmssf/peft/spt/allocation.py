@@ -175,10 +175,6 @@ class Allocation:
             raise ValueError(f'SPT allocation{where} was made for another {mine["table"]} '
                              f'architecture: parameters differ: {shown}. Recompute it for this config')
 
-    @property
-    def trainable(self) -> int:
-        return self.budget['met']
-
 
 def allocate(scores: Dict[str, torch.Tensor], backbone: nn.Module, budget, kind: str = 'lora',
              rank: int = 8, alpha: float = 10.0) -> Allocation:
@@ -223,13 +219,13 @@ def allocate(scores: Dict[str, torch.Tensor], backbone: nn.Module, budget, kind:
     k = max(4 * tau, MIN_PREFIX)
     while True:  # rank only a prefix (a full sort of a ViT-B's 85M scores is slow); grow if short
         order, complete = ranked_prefix(flat, k)
-        picked = _select(order, complete, seg_of(order, starts), tau, cost, sigma, starts)
+        seg = seg_of(order, starts)
+        picked = _select(order, complete, seg, tau, cost, sigma, starts)
         if picked is not None:
             break
         k *= 4
     del flat
     lo, met, counts, structured, chosen = picked
-    seg = seg_of(order[:tau], starts)
 
     selected = torch.sort(torch.cat(chosen)).values
     sel_seg = seg_of(selected, starts)
@@ -245,7 +241,7 @@ def allocate(scores: Dict[str, torch.Tensor], backbone: nn.Module, budget, kind:
     structured_modules = {
         owners[i]: dict(param=names[i].rpartition('.')[2], params=int(cost[i]),
                         sensitive=int(counts[i])) for i in range(len(names)) if structured[i]}
-    sensitive = sensitive_counts(order[:tau], seg, starts, names, backbone)
+    sensitive = sensitive_counts(order[:tau], seg[:tau], starts, names, backbone)
     n_struct = sum(v['params'] for v in structured_modules.values())
     n_unstruct = sum(int(v.numel()) for v in unstructured.values())
     assert n_struct + n_unstruct == met

@@ -28,8 +28,8 @@ def patterns(counts: Dict[str, object], table: TargetTable) -> Tuple[Dict[int, i
     for name, count in counts.items():
         total = sum(count) if isinstance(count, list) else count
         block = block_index(name, order)
-        per_block[block if block is not None else 'other'] = \
-            per_block.get(block if block is not None else 'other', 0) + total
+        block = 'other' if block is None else block
+        per_block[block] = per_block.get(block, 0) + total
         label = OPERATIONS.get(table.role_of(name.rpartition('.')[0]), 'other')
         if isinstance(label, tuple):
             parts = count if isinstance(count, list) else [count, 0, 0]
