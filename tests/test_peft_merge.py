@@ -1,4 +1,5 @@
-"""Merge equivalence: every mergeable method x every backbone implementation."""
+"""Merge equivalence: every mergeable method x every backbone implementation (rows from
+``method_matrix.MERGE_CASES``; non-mergeable methods must refuse, ``REFUSE_CASES``)."""
 import subprocess
 import sys
 import textwrap
@@ -7,15 +8,11 @@ import pytest
 import torch
 
 from conftest import build_backbone, flatten_outputs, randomize_peft
+from method_matrix import MERGE_CASES, REFUSE_CASES
 from mmssf.peft import MergeError, apply_peft, get_peft
 
-MERGEABLE = {
-    'SSF': dict(type='SSF'),
-    'SSF_patch_merging': dict(type='SSF', patch_merging=True),
-    'LoRA': dict(type='LoRA', targets=['qkv', 'proj', 'fc1', 'fc2'], r=4, alpha=8),
-    'RLRR': dict(type='RLRR'),
-    'BitFit': dict(type='BitFit'),
-}
+MERGE_IDS = [(m, i) for m, cases in sorted(MERGE_CASES.items()) for i in range(len(cases))]
+REFUSE_IDS = [(m, i) for m, cases in sorted(REFUSE_CASES.items()) for i in range(len(cases))]
 
 
 def _has_hooks(model):
@@ -23,12 +20,12 @@ def _has_hooks(model):
                for m in model.modules())
 
 
-@pytest.mark.parametrize('method', sorted(MERGEABLE))
-def test_merge_equivalence(method, backbone_name):
+@pytest.mark.parametrize('method,case', MERGE_IDS, ids=[f'{m}{i}' for m, i in MERGE_IDS])
+def test_merge_equivalence(tmp_path, method, case, backbone_name):
     model, size = build_backbone(backbone_name)
     stock, _ = build_backbone(backbone_name, seed=123)
     stock_shapes = {k: v.shape for k, v in stock.state_dict().items()}
-    apply_peft(model, MERGEABLE[method])
+    apply_peft(model, MERGE_CASES[method][case](model, tmp_path))
     randomize_peft(model)
     x = torch.randn(2, 3, *size)
     with torch.no_grad():
@@ -45,6 +42,16 @@ def test_merge_equivalence(method, backbone_name):
     with torch.no_grad():
         for t, s in zip(tuned, flatten_outputs(stock(x))):
             assert (t - s).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize('method,case', REFUSE_IDS, ids=[f'{m}{i}' for m, i in REFUSE_IDS])
+def test_merge_is_refused_clearly(tmp_path, method, case, backbone_name):
+    model, _ = build_backbone(backbone_name)
+    cfg = REFUSE_CASES[method][case](model, tmp_path)
+    peft = apply_peft(model, cfg)
+    assert peft.merge_blockers()  # known as soon as the method is applied
+    with pytest.raises(MergeError, match=type(peft).__name__[:3]):
+        peft.merge(model)
 
 
 def test_tuning_changes_outputs(backbone_name):

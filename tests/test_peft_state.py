@@ -3,27 +3,17 @@ import pytest
 import torch
 
 from conftest import build_backbone, flatten_outputs, randomize_peft
+from method_matrix import ROUND_TRIP_CASES
 from mmssf.peft import (apply_peft, get_peft, load_base_weights, load_peft, save_peft,
                         supported_backbones)
 
-ALL_METHODS = {
-    'SSF': dict(type='SSF'),
-    'LoRA': dict(type='LoRA', r=4),
-    'Adapter': dict(type='Adapter', r=4),
-    'RLRR': dict(type='RLRR'),
-    'BitFit': dict(type='BitFit'),
-    'VPTShallow': dict(type='VPTShallow', num_prompts=3),
-    'VPTDeep': dict(type='VPTDeep', num_prompts=3),
-    'Linear': dict(type='Linear'),
-    'Full': dict(type='Full'),
-}
 
-
-@pytest.mark.parametrize('method', sorted(ALL_METHODS))
+@pytest.mark.parametrize('method', sorted(ROUND_TRIP_CASES))
 def test_peft_state_round_trip(tmp_path, method, backbone_name):
     base, size = build_backbone(backbone_name)
     base_weights = {k: v.clone() for k, v in base.state_dict().items()}
-    apply_peft(base, ALL_METHODS[method])
+    cfg = ROUND_TRIP_CASES[method][0](base, tmp_path)
+    apply_peft(base, cfg)
     randomize_peft(base)
     x = torch.randn(1, 3, *size)
     with torch.no_grad():
@@ -31,7 +21,7 @@ def test_peft_state_round_trip(tmp_path, method, backbone_name):
     save_peft(tmp_path / 'peft.pth', base)
 
     rebuilt, _ = build_backbone(backbone_name, seed=99)
-    apply_peft(rebuilt, ALL_METHODS[method])
+    apply_peft(rebuilt, cfg)
     load_base_weights(rebuilt, base_weights)
     load_peft(tmp_path / 'peft.pth', rebuilt)
     with torch.no_grad():
@@ -40,19 +30,19 @@ def test_peft_state_round_trip(tmp_path, method, backbone_name):
 
     saved = torch.load(tmp_path / 'peft.pth', weights_only=True)['state_dict']
     trainable = {n for n, p in rebuilt.named_parameters() if p.requires_grad}
-    assert set(saved) == trainable  # only PEFT tensors (no method here adds buffers)
+    assert set(saved) == trainable | set(get_peft(rebuilt).buffer_names())  # only PEFT tensors
 
 
-@pytest.mark.parametrize('method', sorted(ALL_METHODS))
-def test_frozen_at_construction(method, backbone_name):
+@pytest.mark.parametrize('method', sorted(ROUND_TRIP_CASES))
+def test_frozen_at_construction(tmp_path, method, backbone_name):
     model, _ = build_backbone(backbone_name)
     stock_names = set(model.state_dict())
-    apply_peft(model, ALL_METHODS[method])
+    apply_peft(model, ROUND_TRIP_CASES[method][0](model, tmp_path))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     new_names = {n for n, _ in model.named_parameters()} - stock_names
     if method == 'BitFit':
         assert trainable and all(n.rsplit('.', 1)[-1] in ('bias', 'in_proj_bias') for n in trainable)
-    elif method == 'Full':
+    elif method == 'FullFineTune':
         assert trainable == {n for n, _ in model.named_parameters()}
     else:
         assert trainable == new_names  # exactly the added PEFT parameters, stock names untouched

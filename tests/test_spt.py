@@ -285,18 +285,6 @@ def _merged_spt_lora(tmp_path, backbone_name):
     return tuned, model, x
 
 
-def test_spt_lora_merge_equivalence(tmp_path, backbone_name):
-    tuned, model, x = _merged_spt_lora(tmp_path, backbone_name)
-    stock, _ = build_backbone(backbone_name, seed=5)
-    with torch.no_grad():
-        merged = flatten_outputs(model(x))
-    for t, m in zip(tuned, merged):
-        assert (t - m).abs().max().item() <= 1e-5
-    assert get_peft(model) is None and type(model) is type(stock)
-    assert {k: v.shape for k, v in model.state_dict().items()} == \
-        {k: v.shape for k, v in stock.state_dict().items()}
-
-
 def test_spt_lora_merged_loads_without_mmssf(tmp_path):
     """One process that never imports mmssf loads all five merged backbones with strict=True."""
     for name in sorted(BACKBONES):
@@ -322,14 +310,6 @@ def test_spt_lora_merged_loads_without_mmssf(tmp_path):
     diffs = {r[0]: r[1] for r in rows if len(r) == 2 and r[0] in BACKBONES}
     assert sorted(diffs) == sorted(BACKBONES)
     assert all(float(d) <= 1e-5 for d in diffs.values()), diffs
-
-
-def test_spt_adapter_merge_is_refused(tmp_path):
-    path = _saved_allocation(tmp_path, 'mmpretrain_swin', kind='adapter')
-    model, _ = build_backbone('mmpretrain_swin')
-    apply_peft(model, dict(type='SPTAdapter', allocation=path))
-    with pytest.raises(MergeError, match='SPTAdapter'):
-        get_peft(model).merge(model)
 
 
 # -- acceptance 4: O(K) backward ---------------------------------------------------------------

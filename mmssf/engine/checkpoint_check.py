@@ -33,15 +33,13 @@ from mmengine.model import BaseTTAModel, is_model_wrapper
 from torch.nn.modules.module import _IncompatibleKeys
 
 from ..peft.model_merge import tuned_submodules
+from ..peft.registry_facts import methods_of_tensor
 from ..registry import HOOKS
 from .reparam_hook import record_peft_meta
 
 __all__ = ['CheckpointCheckHook', 'CheckpointMismatchError', 'add_checkpoint_check',
            'check_checkpoint', 'load_report']
 
-#: leaf-name prefixes of the tensors each method adds (to name a method when meta is absent)
-PEFT_TENSOR_PREFIXES = {'ssf_': 'SSF', 'lora_': 'LoRA', 'rlrr_': 'RLRR', 'adapter_': 'Adapter',
-                        'vpt_': 'VPT', 'spt_': 'SPT'}
 _SIZE_MISMATCH = re.compile(r'size mismatch for (\S+?): copying a param with shape (.+?) from '
                             r'checkpoint, the shape in current model is (.+?)\.$')
 _LIST = 12
@@ -131,8 +129,8 @@ def peft_keys(model) -> List[str]:
 
 
 def _looks_like_peft(key: str) -> Optional[str]:
-    leaf = key.rsplit('.', 1)[-1]
-    return next((m for p, m in PEFT_TENSOR_PREFIXES.items() if leaf.startswith(p)), None)
+    """The method(s) that add tensors named like ``key`` (declared on their classes), or None."""
+    return methods_of_tensor(key)
 
 
 def _describe(methods: Dict[str, str]) -> str:

@@ -4,10 +4,19 @@ import logging
 from mmengine.logging import MMLogger, print_log
 from mmengine.optim import DefaultOptimWrapperConstructor
 
+from ..peft.model_merge import tuned_submodules
 from ..registry import OPTIM_WRAPPER_CONSTRUCTORS
 
-#: leaf-name prefixes of PEFT tensors that get no weight decay (scales, shifts, prompts, deltas)
-NO_DECAY_PREFIXES = ('ssf_', 'vpt_', 'spt_delta', 'rlrr_')
+
+def no_weight_decay(model) -> set:
+    """Full names of the PEFT tensors of ``model`` that get no weight decay, as each method's
+    units declare them (``no_decay`` prefixes: SSF scales / shifts, VPT prompts, RLRR factors, SPT
+    sparse deltas ...)."""
+    names = set()
+    for prefix, _, method in tuned_submodules(model):
+        dot = prefix + '.' if prefix else ''
+        names.update(dot + n for n in method.no_weight_decay())
+    return names
 
 
 class _DropFrozenWarnings(logging.Filter):
@@ -20,8 +29,8 @@ class PeftOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     """``DefaultOptimWrapperConstructor`` for PEFT.
 
     * adds only parameters with ``requires_grad`` (frozen ones never reach the optimizer);
-    * gives ``weight_decay=0`` to SSF scales / shifts, VPT prompts, RLRR factors and SPT sparse
-      deltas (leaf names starting with :data:`NO_DECAY_PREFIXES`);
+    * gives ``weight_decay=0`` to the PEFT tensors each method declares decay-free (SSF scales /
+      shifts, VPT prompts, RLRR factors, SPT sparse deltas ...; :func:`no_weight_decay`);
     * honours ``paramwise_cfg`` (``custom_keys``, ``bias_decay_mult``, ``norm_decay_mult`` ...)
       for everything else, e.g. necks and heads;
     * logs one summary line instead of one warning per frozen parameter.
@@ -46,6 +55,7 @@ class PeftOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         finally:
             logger.removeFilter(log_filter)
         names = {id(p): n for n, p in module.named_parameters()}
+        decay_free = no_weight_decay(module)
         # (mmengine drops frozen parameters itself, so count them on the module)
         frozen = sum(p.numel() for p in module.parameters() if not p.requires_grad)
         trainable = no_decay = 0
@@ -54,8 +64,7 @@ class PeftOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             if not param.requires_grad:
                 continue
             trainable += param.numel()
-            leaf = names.get(id(param), '').rsplit('.', 1)[-1]
-            if leaf.startswith(NO_DECAY_PREFIXES):
+            if names.get(id(param)) in decay_free:
                 group['weight_decay'] = 0.0
                 no_decay += param.numel()
             params.append(group)

@@ -75,6 +75,20 @@ class ReparamCheckpointHook(Hook):
         self._written = set()
         self._refusal_logged = False
 
+    def before_run(self, runner):
+        """Refuse, before any training, a placement whose units cannot merge although the method
+        can (e.g. an SSF shift after a bias-free module): otherwise it would train and fail at the
+        first checkpoint save. Methods that never merge (VPT, Adapter) only get no ``_merged``."""
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        for prefix, _, method in tuned_submodules(model):
+            blockers = method.merge_blockers()
+            if method.mergeable and blockers:
+                raise ValueError(
+                    f'ReparamCheckpointHook writes merged stock checkpoints, but the '
+                    f'{type(method).__name__} placement on {prefix or "the model"} cannot merge: '
+                    + '; '.join(blockers) + '. Change the placement, or remove '
+                    'ReparamCheckpointHook from custom_hooks to train without merged checkpoints.')
+
     def before_save_checkpoint(self, runner, checkpoint):
         record_peft_meta(runner.model, checkpoint)
         self._pending_meta = checkpoint.get('meta', {})
@@ -87,11 +101,11 @@ class ReparamCheckpointHook(Hook):
         if not is_main_process():
             return
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        unmergeable = [m for _, _, m in tuned_submodules(model) if not m.mergeable]
-        if unmergeable:
+        blockers = [b for _, _, m in tuned_submodules(model) for b in m.merge_blockers()]
+        if blockers:
             if not self._refusal_logged:
-                print_log(f'ReparamCheckpointHook: no _merged checkpoint: '
-                          f'{unmergeable[0].not_mergeable_reason()}', logger='current')
+                print_log(f'ReparamCheckpointHook: no _merged checkpoint: {blockers[0]}',
+                          logger='current')
                 self._refusal_logged = True
             return
         meta = merged_meta_from(getattr(self, '_pending_meta', {}))

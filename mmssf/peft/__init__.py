@@ -3,8 +3,10 @@ from .adapter import Adapter
 from .base import MergeError, PeftMethod, PeftUnit, get_peft
 from .baselines import BitFit, FullFineTune, LinearProbe
 from .builder import apply_peft, build_peft
+from .dora import DoRA
 from .io import load_base_weights, load_peft, save_peft
 from .lora import LoRA
+from .options import Option, OptionError
 from .rlrr import RLRR
 from .spt import SPTAdapter, SPTLoRA
 from .ssf import SSF
@@ -12,8 +14,8 @@ from .targets import find_table, supported_backbones
 from .vpt import VPTDeep, VPTShallow
 
 __all__ = [
-    'Adapter', 'BitFit', 'FullFineTune', 'LinearProbe', 'LoRA', 'MergeError', 'PeftMethod',
-    'PeftUnit', 'RLRR', 'SPTAdapter', 'SPTLoRA', 'SSF', 'VPTDeep', 'VPTShallow', 'apply_peft',
-    'build_peft', 'find_table', 'get_peft', 'load_base_weights', 'load_peft', 'save_peft',
-    'supported_backbones'
+    'Adapter', 'BitFit', 'DoRA', 'FullFineTune', 'LinearProbe', 'LoRA', 'MergeError', 'Option',
+    'OptionError', 'PeftMethod', 'PeftUnit', 'RLRR', 'SPTAdapter', 'SPTLoRA', 'SSF', 'VPTDeep',
+    'VPTShallow', 'apply_peft', 'build_peft', 'find_table', 'get_peft', 'load_base_weights',
+    'load_peft', 'save_peft', 'supported_backbones'
 ]

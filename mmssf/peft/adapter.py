@@ -11,23 +11,46 @@ from torch import nn
 
 from ..registry import PEFT_METHODS
 from .base import MergeError, PeftMethod, PeftUnit
+from .hooks import host_of, needs_reparam
+from .options import Option
 from .ssf import out_channels
 
 _ACTIVATIONS = {'gelu': F.gelu, 'relu': F.relu}
 
 
 class AdapterUnit(PeftUnit):
-    """Bottleneck adapter on one module's output. Options: ``r`` (8), ``act`` ('gelu'), ``scale`` (1)."""
+    """Bottleneck adapter on one module's output."""
+    option_spec = dict(
+        r=Option(8, int, min=1, doc='bottleneck width'),
+        act=Option('gelu', str, choices=tuple(_ACTIVATIONS), doc='activation'),
+        scale=Option(1.0, float, doc='output scale'))
+    prefixes = ('adapter_', )
     mergeable = False
 
+    @classmethod
+    def can_wrap(cls, module, host=None):
+        """Its output must be hookable: not the fused attention of ``nn.MultiheadAttention``."""
+        return (not isinstance(module, nn.MultiheadAttention)
+                and (host is None or not needs_reparam(host, module)))
+
+    @classmethod
+    def num_params(cls, module, r):
+        dim = out_channels(module)
+        return 2 * dim * r + r + dim
+
+    def merge_blocker(self):
+        return (f'Adapter on {self.name} cannot be merged: its bottleneck is non-linear and has no '
+                f'stock weight')
+
     def attach(self):
+        if self.reparam:
+            raise ValueError(f'Adapter cannot follow {self.name}: its output is computed inside '
+                             f'{type(host_of(self.backbone, self.name)).__name__} and never seen by '
+                             f'a hook; choose another target')
         dim = out_channels(self.module)
-        r = int(self.options.get('r', 8))
-        act = self.options.get('act', 'gelu')
-        if act not in _ACTIVATIONS:
-            raise ValueError(f'Adapter act must be one of {sorted(_ACTIVATIONS)}, got {act!r}')
-        self.act = _ACTIVATIONS[act]
-        self.scale = float(self.options.get('scale', 1.0))
+        r = self.opts.r
+        self.act = _ACTIVATIONS[self.opts.act]
+        self.scale = self.opts.scale
         down = torch.empty(r, dim)
         nn.init.kaiming_uniform_(down, a=math.sqrt(5))
         self.down_w = self.add_parameter('adapter_down_weight', down)

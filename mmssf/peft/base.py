@@ -11,14 +11,23 @@ freezes every backbone parameter except the method's own. After training:
 
 A method knows nothing of a particular backbone: it names *roles* (``qkv``, ``fc1`` ...) that the
 target tables in :mod:`mmssf.peft.targets` resolve, or user patterns (regex or name suffix).
+
+A method's facts are declared once, on its unit classes, and everything else reads them from the
+registry (:mod:`mmssf.peft.registry_facts`): the options (:class:`~mmssf.peft.options.Option`
+specs, validated when the method is built), the prefixes of the tensor names it adds, which of
+them get no weight decay, whether a unit can merge (decided per unit when the method is applied,
+so a placement that cannot merge is known before training), and for structured units the
+parameter cost ``num_params(module, r)`` and ``can_wrap(module)`` that SPT's allocation uses.
 """
 import copy
-from typing import Dict, List, Optional
+import inspect
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from .hooks import add_weight_transform, host_of, needs_reparam, remove_weight_transform
+from .options import Option, OptionError, namespace, unknown_option_error, validate
 from .targets import TargetTable, find_table, resolve_targets
 
 _STATE_ATTR = '_mmssf_peft'
@@ -43,14 +52,23 @@ class PeftUnit:
 
     Subclasses create their tensors with :meth:`add_parameter` / :meth:`add_buffer` (registered on
     the tuned module, so they live under its name), hook the module in :meth:`attach` and fold
-    themselves into the stock parameters in :meth:`merge`.
+    themselves into the stock parameters in :meth:`merge`. Their facts are class attributes:
     """
+    #: the unit's options (validated; read as ``self.opts.<name>``; ``self.options`` holds the values)
+    option_spec: Dict[str, Option] = {}
+    #: every tensor the unit adds is named with one of these prefixes (checked when added)
+    prefixes: Tuple[str, ...] = ()
+    #: tensors whose name starts with one of these prefixes get no weight decay
+    no_decay: Tuple[str, ...] = ()
+    #: whether the unit can fold into the stock parameters (see also :meth:`merge_blocker`)
     mergeable = True
 
     def __init__(self, method: 'PeftMethod', backbone: nn.Module, name: str, module: nn.Module,
                  role: Optional[str], from_default: bool, **options):
         self.method, self.backbone, self.name, self.module = method, backbone, name, module
-        self.role, self.from_default, self.options = role, from_default, options
+        self.role, self.from_default = role, from_default
+        self.options = validate(f'{type(method).__name__} on {name}', self.option_spec, options)
+        self.opts = namespace(self.option_spec, self.options)
         self.param_names: List[str] = []
         self.buffer_names: List[str] = []
         self.handles = []
@@ -61,7 +79,30 @@ class PeftUnit:
         add_weight_transform(self.host, self.module, key, names, fn)
         self.handles.append(_TransformHandle(self.host, self.module, key))
 
+    @classmethod
+    def can_wrap(cls, module: nn.Module, host: Optional[nn.Module] = None) -> bool:
+        """Whether this unit kind can be attached to ``module``, run by ``host`` (the module
+        actually called, see :func:`~mmssf.peft.hooks.host_of`); structured kinds override."""
+        return True
+
+    @classmethod
+    def num_params(cls, module: nn.Module, r: int) -> int:
+        """Trainable parameters of one rank-``r`` unit on ``module`` (structured kinds)."""
+        raise NotImplementedError(f'{cls.__name__} has no rank-based parameter cost')
+
+    def merge_blocker(self) -> Optional[str]:
+        """Why this unit cannot merge into the stock parameters, or None (known once attached)."""
+        if self.mergeable:
+            return None
+        return f'{type(self).__name__} on {self.name} has no stock parameter to fold into'
+
+    def _check_prefix(self, name: str) -> None:
+        if not name.startswith(self.prefixes):
+            raise AssertionError(f'{type(self).__name__} adds {name!r}, which has none of its '
+                                 f'declared prefixes {self.prefixes}')
+
     def add_parameter(self, name: str, tensor: torch.Tensor) -> nn.Parameter:
+        self._check_prefix(name)
         if name in self.module._parameters or name in self.module._buffers:
             raise ValueError(f'{self.name} is already tuned ({name!r} exists): two methods or two '
                              f'targets reach the same module')
@@ -71,6 +112,7 @@ class PeftUnit:
         return param
 
     def add_buffer(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        self._check_prefix(name)
         self.module.register_buffer(name, tensor)
         self.buffer_names.append(name)
         return tensor
@@ -82,7 +124,8 @@ class PeftUnit:
         raise NotImplementedError
 
     def merge(self) -> None:
-        raise MergeError(f'{type(self.method).__name__} cannot be merged into the stock backbone')
+        raise MergeError(self.merge_blocker() or
+                         f'{type(self.method).__name__} cannot be merged into the stock backbone')
 
     def detach(self) -> None:
         """Remove hooks, parameters and buffers this unit added."""
@@ -104,32 +147,96 @@ class PeftMethod:
             patterns, or a dict ``{pattern: dict(option=value)}`` for per-target options. A pattern is
             a role of the backbone's target table, a regex fully matching module names, or a module
             name suffix. A user pattern that matches nothing raises ``ValueError`` listing the modules.
-        **options: method options shared by every target (per-target options override them).
+        **options: options of the method's units, shared by every target (per-target options
+            override them); see the unit classes' ``option_spec``. Unknown names, wrong types and
+            out-of-range values raise :class:`~mmssf.peft.options.OptionError`.
     """
-    #: unit class attached to every matched module
+    #: unit class attached to every matched module (methods with several kinds set
+    #: ``unit_classes`` and override :meth:`unit_class`)
     unit_cls = None
+    unit_classes: Tuple[type, ...] = ()
     #: roles tuned when ``targets`` is None
     default_targets: tuple = ()
-    #: whether :meth:`merge` can produce the stock backbone
+    #: whether the method can merge into the stock backbone at all (units may still refuse)
     mergeable = True
+    #: whether the method takes ``targets`` (baselines that tune fixed tensors do not)
+    accepts_targets = True
 
     def __init__(self, targets=None, **options):
+        name = type(self).__name__
+        if targets is not None and not self.accepts_targets:
+            raise unknown_option_error(name, 'targets', self.method_option_names())
         self.targets = targets
-        self.options = options
+        self.options = self._validate_shared(options, name)
+        for pattern, opts, _ in self.target_specs_from_arg():
+            self._validate_shared(opts, f'{name} target {pattern!r}')
         self.units: List[PeftUnit] = []
         self.table: Optional[TargetTable] = None
         self.stock_shapes: Dict[str, torch.Size] = {}
 
+    # -- facts from the unit classes ----------------------------------------------------------
+    @classmethod
+    def all_unit_classes(cls) -> Tuple[type, ...]:
+        return tuple(cls.unit_classes) or ((cls.unit_cls, ) if cls.unit_cls is not None else ())
+
+    @classmethod
+    def unit_option_specs(cls) -> Dict[str, Option]:
+        specs = {}
+        for unit_cls in cls.all_unit_classes():
+            for name, option in unit_cls.option_spec.items():
+                specs.setdefault(name, option)
+        return specs
+
+    @classmethod
+    def method_option_names(cls) -> List[str]:
+        """Every option name the method takes (its units' and its own signature's)."""
+        own = [p for p in inspect.signature(cls.__init__).parameters
+               if p not in ('self', 'options', 'kwargs')]
+        if not cls.accepts_targets and 'targets' in own:
+            own.remove('targets')
+        return sorted(set(own) | set(cls.unit_option_specs()))
+
+    @classmethod
+    def tensor_prefixes(cls) -> Tuple[str, ...]:
+        """Name prefixes of every tensor the method adds."""
+        return tuple(dict.fromkeys(p for u in cls.all_unit_classes() for p in u.prefixes))
+
+    @classmethod
+    def no_decay_prefixes(cls) -> Tuple[str, ...]:
+        return tuple(dict.fromkeys(p for u in cls.all_unit_classes() for p in u.no_decay))
+
+    def _validate_shared(self, options, owner):
+        """Each option must be known to at least one unit class and valid for every one that has
+        it (the units validate again with their own spec when they are built)."""
+        options = dict(options)
+        for key, value in options.items():
+            owners = [u for u in self.all_unit_classes() if key in u.option_spec]
+            if not owners:
+                raise unknown_option_error(owner, key, self.method_option_names())
+            for unit_cls in owners:
+                unit_cls.option_spec[key].check(owner, key, value)
+        return options
+
     # -- building ---------------------------------------------------------------------------
+    def target_specs_from_arg(self):
+        if self.targets is None or isinstance(self.targets, str):
+            return [(self.targets, {}, False)] if self.targets else []
+        if isinstance(self.targets, dict):
+            for k, v in self.targets.items():
+                if v is not None and not isinstance(v, dict):
+                    raise OptionError(f'{type(self).__name__}: per-target options of {k!r} must be a '
+                                      f'dict (or None), got {v!r}')
+            return [(k, dict(v or {}), False) for k, v in self.targets.items()]
+        if isinstance(self.targets, (list, tuple)):
+            return [(t, {}, False) for t in self.targets]
+        raise OptionError(f'{type(self).__name__}: targets must be a list of roles / patterns or a '
+                          f'dict {{pattern: options}}, got {self.targets!r}')
+
     def target_specs(self):
         """``[(pattern, options, from_default)]`` from the ``targets`` argument."""
         if self.targets is None:
             return [(t, {}, True) for t in self.default_targets]
-        if isinstance(self.targets, str):
-            return [(self.targets, {}, False)]
-        if isinstance(self.targets, dict):
-            return [(k, dict(v or {}), False) for k, v in self.targets.items()]
-        return [(t, {}, False) for t in self.targets]
+        return self.target_specs_from_arg()
 
     def apply(self, backbone: nn.Module) -> nn.Module:
         """Attach to ``backbone`` (in place) and freeze everything but the tuned parameters."""
@@ -155,8 +262,10 @@ class PeftMethod:
                     continue
                 seen.add(name)
                 unit_cls = self.unit_class(modules[name])
+                merged = {**self.options, **opts}
                 units.append(unit_cls(self, backbone, name, modules[name], self.table.role_of(name),
-                                      from_default, **{**self.options, **opts}))
+                                      from_default,
+                                      **{k: v for k, v in merged.items() if k in unit_cls.option_spec}))
         return units
 
     def unit_class(self, module: nn.Module):
@@ -187,6 +296,14 @@ class PeftMethod:
     def num_trainable(self, backbone: nn.Module) -> int:
         return sum(p.numel() for p in backbone.parameters() if p.requires_grad)
 
+    def no_weight_decay(self) -> List[str]:
+        """Names (relative to the backbone) of the trainable tensors that get no weight decay
+        (timm's ``no_weight_decay()``), from the units' ``no_decay`` prefixes."""
+        names = []
+        for unit in self.units:
+            names += unit.full_names(n for n in unit.param_names if n.startswith(unit.no_decay))
+        return names
+
     # -- PEFT-only state ----------------------------------------------------------------------
     def peft_state_dict(self, backbone: nn.Module) -> Dict[str, torch.Tensor]:
         wanted = set(self.trainable_names(backbone)) | set(self.buffer_names())
@@ -210,10 +327,18 @@ class PeftMethod:
                 current[k].copy_(v)
 
     # -- merge --------------------------------------------------------------------------------
+    def merge_blockers(self) -> List[str]:
+        """Why this tuned backbone cannot merge (empty when it can): the method's reason, or each
+        unit placed where its tensors have no stock parameter to fold into."""
+        if not self.mergeable:
+            return [self.not_mergeable_reason()]
+        return [reason for reason in (u.merge_blocker() for u in self.units) if reason]
+
     def merge(self, backbone: nn.Module) -> nn.Module:
         """Fold the tuning into the stock parameters; return the (same) stock backbone."""
-        if not self.mergeable:
-            raise MergeError(self.not_mergeable_reason())
+        blockers = self.merge_blockers()
+        if blockers:
+            raise MergeError('; '.join(blockers))
         with torch.no_grad():
             for unit in self.units:
                 unit.merge()

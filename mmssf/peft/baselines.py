@@ -11,8 +11,9 @@ _BIAS_NAMES = ('bias', 'in_proj_bias')
 class BitFit(PeftMethod):
     """Tune every bias of the backbone (Linear, Conv and LayerNorm biases, fused in-proj bias).
 
-    The tuned model *is* the stock model, so merge is the identity. ``targets`` is not used.
+    The tuned model *is* the stock model, so merge is the identity. Takes no options.
     """
+    accepts_targets = False
 
     def trainable_names(self, backbone: nn.Module):
         return [n for n, _ in backbone.named_parameters() if n.rsplit('.', 1)[-1] in _BIAS_NAMES]
@@ -22,16 +23,18 @@ class BitFit(PeftMethod):
 class LinearProbe(PeftMethod):
     """Freeze the whole backbone (only the neck / head outside it train). Merge is the identity.
 
-    Config type: ``'Linear'`` or ``'LinearProbe'``.
+    Config type: ``'Linear'`` or ``'LinearProbe'``. Takes no options.
     """
+    accepts_targets = False
 
 
 @PEFT_METHODS.register_module(name=['Full', 'FullFineTune'])
 class FullFineTune(PeftMethod):
     """Train every backbone parameter. Merge is the identity.
 
-    Config type: ``'Full'`` or ``'FullFineTune'``.
+    Config type: ``'Full'`` or ``'FullFineTune'``. Takes no options.
     """
+    accepts_targets = False
 
     def trainable_names(self, backbone: nn.Module):
         return [n for n, _ in backbone.named_parameters()]

@@ -1,4 +1,5 @@
-"""LoRA: ``W x + (α / r) B A x``; A kaiming-uniform, B zero. Merged as ``W' = W + (α/r) B A``."""
+"""LoRA: ``W x + (α / r) B A x``; A kaiming-uniform, B zero. Merged as ``W' = W + (α/r) B A``
+(Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", ICLR 2022)."""
 import math
 
 import torch
@@ -8,6 +9,7 @@ from torch import nn
 from ..registry import PEFT_METHODS
 from .base import PeftMethod, PeftUnit
 from .hooks import weight_and_bias_names
+from .options import Option, OptionError
 
 
 def in_out_features(module: nn.Module):
@@ -20,20 +22,39 @@ def in_out_features(module: nn.Module):
 
 
 class LoRAUnit(PeftUnit):
-    """Low-rank update of one Linear (or fused in-projection).
+    """Low-rank update of one Linear (or fused in-projection)."""
+    option_spec = dict(
+        r=Option(8, int, min=1, doc='rank'),
+        alpha=Option(None, float, min=0, min_exclusive=True,
+                     doc='scaling numerator: the update is scaled by alpha / r (None: alpha = r)'),
+        dropout=Option(0.0, float, min=0, max=0.999, doc='dropout on the LoRA input'))
+    prefixes = ('lora_', )
 
-    Options: ``r`` (rank, default 8), ``alpha`` (default = r), ``dropout`` (default 0).
-    """
+    @classmethod
+    def can_wrap(cls, module, host=None):
+        return isinstance(module, nn.Linear) or (isinstance(module, nn.MultiheadAttention)
+                                                 and module._qkv_same_embed_dim)
+
+    @classmethod
+    def num_params(cls, module, r):
+        fan_in, fan_out = in_out_features(module)
+        return r * (fan_in + fan_out)
 
     def attach(self):
         fan_in, fan_out = in_out_features(self.module)
-        self.r = int(self.options.get('r', 8))
-        self.scaling = float(self.options.get('alpha', self.r)) / self.r
+        self.r = self.opts.r
+        self.scaling = (self.opts.alpha if self.opts.alpha is not None else self.r) / self.r
         a = torch.empty(self.r, fan_in)
         nn.init.kaiming_uniform_(a, a=math.sqrt(5))
         self.lora_A = self.add_parameter('lora_A', a)
         self.lora_B = self.add_parameter('lora_B', torch.zeros(fan_out, self.r))
-        self.dropout = float(self.options.get('dropout', 0.0))
+        self.dropout = self.opts.dropout
+        if self.reparam and self.dropout:
+            raise OptionError(
+                f'{type(self.method).__name__} on {self.name}: dropout={self.dropout} cannot apply '
+                f'here: this module ({type(self.module).__name__}) is re-parameterized, its input '
+                f'is never seen by a hook. Set dropout=0 for this target, e.g. '
+                f'targets={{...: dict(dropout=0.0)}}')
         if self.reparam:
             w_name, _ = weight_and_bias_names(self.module)
             self.add_weight_transform('lora', (w_name, ), self.reparameterize)

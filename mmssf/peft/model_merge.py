@@ -26,8 +26,9 @@ def merged_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
     """
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     for prefix, backbone, method in tuned_submodules(model):
-        if not method.mergeable:
-            raise MergeError(method.not_mergeable_reason())
+        blockers = method.merge_blockers()
+        if blockers:
+            raise MergeError('; '.join(blockers))
         dot = prefix + '.' if prefix else ''
         for key in list(state):
             if key.startswith(dot):

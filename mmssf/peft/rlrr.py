@@ -1,61 +1,148 @@
-"""RLRR: residual low-rank rescaling (papers/rlrr_cvpr2024.txt).
+"""RLRR: residual low-rank rescaling (Dong et al., "Low-Rank Rescaled Vision Transformer
+Fine-Tuning: A Residual Design Approach", CVPR 2024).
 
-Per Linear: ``W' = W + (s_left s_rightᵀ) ⊙ W``, ``b' = b + f``; SSF on the norms and the patch
-embedding. Exactly mergeable (Eq. 20). Init: the official code draws s_left kaiming-uniform with
-fan-in 1 (±2.45), which starts far from the pretrained model; here s_left = 0 and s_right = 1, so
-the residual starts at zero (like LoRA's B = 0) while every factor still gets a gradient after
-the first step.
+Per Linear: ``W' = W + (s_left s_rightᵀ) ⊙ W``, ``b' = b + f``; SSF on the norms (and on ViT the
+patch embedding). Exactly mergeable (Eq. 20) wherever the module has a bias to take ``f``.
+
+Fidelity to the official code (zstarN70/RLRR):
+
+* ViT has *separate* q / k / v Linears there, so a fused qkv gets one ``s_left`` of 3·dim and
+  **three** ``s_right`` (one per q / k / v row block): ``qkv_blocks=None`` (default) does this on
+  ViT and keeps one ``s_right`` on Swin, whose official code keeps the fused qkv.
+* Positions: ViT — qkv, proj, fc1, fc2, SSF after norm1 / norm2 / the final norm and the patch
+  embedding (ViT-B/16 + 100-class head: 365,668 trainable). Swin — qkv, proj, fc1, fc2, SSF after
+  norm1 / norm2 / the output norm, **no** SSF after the patch embedding; the official code also
+  tunes the patch-merging ``reduction`` (``patch_merging=True``; Swin-B + head: 460,644). That
+  Linear has no bias, so its shift ``f`` has no stock parameter: such a placement trains, but
+  merged checkpoints are refused at build time (set ``shift=False`` there to keep it mergeable).
+* Init: the official draws ``s_left`` kaiming-uniform on a fan-in of 1 (U(±√6)) and ``s_right``
+  U(±√(6/in)), so training starts far from the pretrained model (``init='official'``). The
+  default ``init='residual'`` starts at the pretrained function: ``s_left = 0``, ``s_right = 1``
+  (like LoRA's B = 0) while every factor still gets a gradient after the first step.
 """
+import math
+
 import torch
 from torch import nn
 
 from ..registry import PEFT_METHODS
-from .base import MergeError, PeftMethod, PeftUnit
+from .base import PeftMethod, PeftUnit
 from .hooks import weight_and_bias_names
 from .lora import in_out_features
+from .options import Option, OptionError
 from .ssf import SSFUnit
 
 
 class RLRRUnit(PeftUnit):
-    """Residual rescaling of one Linear (or fused in-projection). Option ``init_std`` (0)."""
+    """Residual rescaling of one Linear (or fused in-projection)."""
+    option_spec = dict(
+        init=Option('residual', str, choices=('residual', 'official'),
+                    doc="'residual': s_left = 0, s_right = 1 (starts at the pretrained model); "
+                        "'official': kaiming-uniform on both scales as the official code"),
+        left_std=Option(0.0, float, min=0, doc="std of a normal s_left init with init='residual'"),
+        qkv_blocks=Option(None, int, choices=(1, 3),
+                          doc='independent s_right row blocks on a fused qkv (None: 3 on ViT, '
+                              '1 on Swin, as the official code)'),
+        shift=Option(True, bool, doc='learn the bias shift f (a bias-free module cannot merge it)'))
+    prefixes = ('rlrr_', )
+    no_decay = ('rlrr_', )
 
     def attach(self):
         fan_in, fan_out = in_out_features(self.module)
-        std = float(self.options.get('init_std', 0.0))
-        self.left = self.add_parameter('rlrr_left', torch.zeros(fan_out).normal_(0, std) if std else torch.zeros(fan_out))
-        self.right = self.add_parameter('rlrr_right', torch.ones(fan_in))
+        blocks = self.opts.qkv_blocks
+        if blocks is None:
+            blocks = 3 if self.role == 'qkv' and self.method.table.kind == 'vit' else 1
+        if fan_out % blocks:
+            raise OptionError(f'RLRR on {self.name}: qkv_blocks={blocks} does not divide its '
+                              f'{fan_out} output rows')
+        self.blocks = blocks
+        if self.opts.init == 'official':
+            left = torch.empty(fan_out).uniform_(-math.sqrt(6.0), math.sqrt(6.0))
+            bound = math.sqrt(6.0 / fan_in)
+            right = torch.empty(blocks, fan_in).uniform_(-bound, bound)
+        else:
+            left = torch.zeros(fan_out)
+            if self.opts.left_std:
+                left.normal_(0, self.opts.left_std)
+            right = torch.ones(blocks, fan_in)
+        self.left = self.add_parameter('rlrr_left', left)
+        self.right = self.add_parameter('rlrr_right', right if blocks > 1 else right[0].clone())
         w_name, b_name = weight_and_bias_names(self.module)
-        if getattr(self.module, b_name) is None:
-            raise MergeError(f'RLRR on {self.name}: the module has no bias to take the shift f; '
-                             f'exclude it from the targets')
-        self.shift = self.add_parameter('rlrr_bias', torch.zeros(fan_out))
-        self.add_weight_transform('rlrr', (w_name, b_name), self.effective)
+        self.has_bias = getattr(self.module, b_name) is not None
+        self.shift = self.add_parameter('rlrr_bias', torch.zeros(fan_out)) if self.opts.shift else None
+        names = (w_name, b_name) if self.has_bias else (w_name, )
+        if self.shift is not None and not self.has_bias:
+            # no stock bias: the shift is added to the output (trains; merge is refused)
+            self.handles.append(self.module.register_forward_hook(
+                lambda module, args, out: out + self.shift))
+        self.add_weight_transform('rlrr', names, self.effective)
+
+    def scale(self) -> torch.Tensor:
+        """``s_left s_rightᵀ`` with one ``s_right`` per row block."""
+        right = self.right.view(self.blocks, 1, -1)
+        left = self.left.view(self.blocks, -1, 1)
+        return (left * right).reshape(self.left.shape[0], -1)
 
     def effective(self, module, params):
         w_name, b_name = weight_and_bias_names(module)
         weight = params[w_name]
-        return {w_name: weight + torch.outer(self.left, self.right) * weight,
-                b_name: params[b_name] + self.shift}
+        out = {w_name: weight + self.scale() * weight}
+        if self.has_bias:
+            out[b_name] = params[b_name] + self.shift if self.shift is not None else params[b_name]
+        return out
+
+    def merge_blocker(self):
+        if self.shift is not None and not self.has_bias:
+            return (f'RLRR on {self.name}: the module has no bias to take the shift f, so the tuned '
+                    f'model has no stock checkpoint; set shift=False for this target '
+                    f'(targets={{{self.role or self.name!r}: dict(shift=False)}}) or leave it out')
+        return None
 
     def merge(self):
         w_name, b_name = weight_and_bias_names(self.module)
-        for name, value in self.effective(self.module, {w_name: getattr(self.module, w_name),
-                                                        b_name: getattr(self.module, b_name)}).items():
+        params = {w_name: getattr(self.module, w_name)}
+        if self.has_bias:
+            params[b_name] = getattr(self.module, b_name)
+        for name, value in self.effective(self.module, params).items():
             getattr(self.module, name).copy_(value)
+
+
+VIT_TARGETS = ('qkv', 'proj', 'fc1', 'fc2', 'patch_embed', 'norm1', 'norm2', 'final_norm')
+SWIN_TARGETS = ('qkv', 'proj', 'fc1', 'fc2', 'norm1', 'norm2', 'out_norm')
 
 
 @PEFT_METHODS.register_module()
 class RLRR(PeftMethod):
-    """Residual low-rank rescaling of the block Linears plus SSF on norms and patch embedding.
+    """Residual low-rank rescaling of the block Linears plus SSF on norms (and ViT's patch
+    embedding), at the official code's positions.
 
     Args:
-        targets: default qkv, proj, fc1, fc2 (RLRR) and patch_embed, norm1, norm2, final / output
-            norms (SSF).
-        init_std (float): std of s_left's normal init (0: start exactly at the pretrained model).
-            SSF units take the SSF options.
+        targets: default (official positions): ViT — qkv, proj, fc1, fc2 (RLRR) and
+            patch_embed, norm1, norm2, final norm (SSF); Swin — qkv, proj, fc1, fc2 (RLRR) and
+            norm1, norm2, output norms (SSF).
+        patch_merging (bool): also RLRR on Swin's patch-merging ``reduction`` (official; bias-free,
+            so its shift cannot merge into a stock checkpoint). Default False.
+        init (str): ``'residual'`` (default) or ``'official'`` (see module doc).
+        left_std (float): std of s_left's normal init with ``init='residual'``. Default 0.
+        qkv_blocks (int | None): s_right blocks on a fused qkv (None: 3 on ViT, 1 on Swin).
+        shift (bool): learn f. Default True.
+        SSF units take the SSF options (``init_std``, ``shift``, ``fold_norms``).
     """
-    default_targets = ('qkv', 'proj', 'fc1', 'fc2', 'patch_embed', 'norm1', 'norm2', 'final_norm',
-                       'out_norm')
+    unit_classes = (RLRRUnit, SSFUnit)
+
+    def __init__(self, targets=None, patch_merging=False, **options):
+        if not isinstance(patch_merging, bool):
+            raise OptionError(f'RLRR: option patch_merging={patch_merging!r} must be a bool')
+        super().__init__(targets=targets, **options)
+        self.patch_merging = patch_merging
+
+    def target_specs(self):
+        if self.targets is not None:
+            return super().target_specs()
+        roles = VIT_TARGETS if self.table.kind == 'vit' else SWIN_TARGETS
+        if self.patch_merging:
+            roles += ('merge_reduction', )
+        return [(role, {}, True) for role in roles]
 
     def unit_class(self, module):
         if isinstance(module, (nn.Linear, nn.MultiheadAttention)):

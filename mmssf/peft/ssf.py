@@ -1,4 +1,5 @@
-"""SSF: per-channel scale and shift after every operation (papers/ssf_neurips2022.txt).
+"""SSF: per-channel scale and shift after every operation (Lian et al., "Scaling & Shifting Your
+Features: A New Baseline for Efficient Model Tuning", NeurIPS 2022).
 
 ``y = γ ⊙ x + β`` on the output of each target, γ ~ N(1, σ), β ~ N(0, σ). Merged by folding into
 the producing op: a Linear / Conv gets ``W' = diag(γ) W, b' = γ ⊙ b + β``, a LayerNorm
@@ -13,6 +14,7 @@ from ..registry import PEFT_METHODS
 from .base import MergeError, PeftMethod, PeftUnit
 from .functional import scale_shift
 from .hooks import weight_and_bias_names
+from .options import Option
 
 
 SSF_ROLES = ('patch_embed', 'patch_embed_norm', 'norm1', 'qkv', 'proj', 'norm2', 'fc1', 'fc2',
@@ -33,18 +35,22 @@ def out_channels(module: nn.Module) -> int:
 
 
 class SSFUnit(PeftUnit):
-    """Scale (and shift) the output of one module.
-
-    Options: ``init_std`` (default 0.02), ``shift`` (default True), ``fold_norms`` (default True).
-    """
+    """Scale (and shift) the output of one module."""
+    option_spec = dict(
+        init_std=Option(0.02, float, min=0, doc='std of the N(1, σ) scale and N(0, σ) shift init'),
+        shift=Option(True, bool, doc='learn the shift β as well as the scale γ'),
+        fold_norms=Option(True, bool, doc='train the SSF after a LayerNorm as a '
+                          're-parameterization of its affine (less memory, same function)'))
+    prefixes = ('ssf_', )
+    no_decay = ('ssf_', )
 
     def attach(self):
         module = self.module
         channels = out_channels(module)
-        std = self.options.get('init_std', 0.02)
+        std = self.opts.init_std
         self.scale = self.add_parameter('ssf_scale', torch.empty(channels).normal_(1.0, std))
         self.sink = None
-        use_shift = self.options.get('shift', True)
+        use_shift = self.opts.shift
         if use_shift and not self.has_bias():
             self.sink = self.method.table.shift_sinks.get(self.name)
             if self.sink is None and self.from_default:
@@ -65,7 +71,7 @@ class SSFUnit(PeftUnit):
         module = self.module
         return (isinstance(module, nn.LayerNorm) and module.weight is not None
                 and (module.bias is not None or self.shift is None)
-                and self.options.get('fold_norms', True))
+                and self.opts.fold_norms)
 
     def forward_hook(self, module, args, out):
         return scale_shift(out, self.scale, self.shift, self.channel_dim)
@@ -85,22 +91,34 @@ class SSFUnit(PeftUnit):
             out[b_name] = bias * self.scale + (self.shift if self.shift is not None else 0)
         return out
 
-    def merge(self):
+    def merge_blocker(self):
         module = self.module
         if isinstance(module, nn.LayerNorm):
             if module.weight is None:
-                raise MergeError(f'SSF after {self.name}: LayerNorm without affine has no stock '
-                                 f'parameter to take the scale')
+                return (f'SSF after {self.name}: LayerNorm without affine has no stock parameter to '
+                        f'take the scale')
+            if self.shift is not None and module.bias is None:
+                return f'SSF shift after {self.name}: the LayerNorm has no bias to take it'
+            return None
+        if self.shift is not None and not self.has_bias() and self.sink is None:
+            return (f'SSF shift after {self.name} cannot be merged: the producer has no bias and '
+                    f'the stock model adds nothing after it to take the shift (set '
+                    f'targets={{{self.name.rsplit(".", 1)[-1]!r}: dict(shift=False)}} or drop this '
+                    f'target)')
+        return None
+
+    def merge(self):
+        blocker = self.merge_blocker()
+        if blocker:
+            raise MergeError(blocker)
+        module = self.module
+        if isinstance(module, nn.LayerNorm):
             module.weight.mul_(self.scale)
             if self.shift is not None:
                 module.bias.mul_(self.scale).add_(self.shift)
             return
         w_name, b_name = weight_and_bias_names(module)
         bias = getattr(module, b_name)
-        if self.shift is not None and bias is None and self.sink is None:
-            raise MergeError(
-                f'SSF shift after {self.name} cannot be merged: the producer has no bias and the stock '
-                f'model adds nothing after it to take the shift (drop "shift" for this target)')
         folded = self.fold(module, {w_name: getattr(module, w_name), b_name: bias})
         for name, value in folded.items():
             getattr(module, name).copy_(value)
@@ -129,6 +147,8 @@ class SSF(PeftMethod):
     default_targets = SSF_ROLES
 
     def __init__(self, targets=None, patch_merging=False, **options):
+        if not isinstance(patch_merging, bool):
+            raise ValueError(f'SSF: option patch_merging={patch_merging!r} must be a bool')
         super().__init__(targets=targets, **options)
         if patch_merging:
             self.default_targets = SSF_ROLES + ('merge_norm', )

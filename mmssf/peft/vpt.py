@@ -22,6 +22,7 @@ from torch import nn
 
 from ..registry import PEFT_METHODS
 from .base import MergeError, PeftMethod, PeftUnit
+from .options import Option
 
 
 def prompt_init_bound(backbone: nn.Module, dim: int) -> float:
@@ -31,11 +32,17 @@ def prompt_init_bound(backbone: nn.Module, dim: int) -> float:
 
 
 class _PromptUnit(PeftUnit):
+    option_spec = dict(num_prompts=Option(10, int, min=1, doc='prompt tokens (per layer when deep)'))
+    prefixes = ('vpt_', )
+    no_decay = ('vpt_', )
     mergeable = False
+
+    def merge_blocker(self):
+        return self.method.not_mergeable_reason()
 
     def make_prompts(self, dim: int) -> nn.Parameter:
         bound = prompt_init_bound(self.backbone, dim)
-        num = int(self.options.get('num_prompts', 10))
+        num = self.opts.num_prompts
         return self.add_parameter('vpt_prompt', torch.empty(num, dim).uniform_(-bound, bound))
 
     def merge(self):
@@ -107,9 +114,10 @@ class SwinWindowPrompts(_PromptUnit):
 class _VPT(PeftMethod):
     deep = False
     mergeable = False
+    unit_classes = (ViTLayerPrompts, SwinWindowPrompts)
 
     def __init__(self, num_prompts=None, targets=None, **options):
-        num_prompts = int(num_prompts if num_prompts is not None else self.default_num_prompts)
+        num_prompts = num_prompts if num_prompts is not None else self.default_num_prompts
         super().__init__(targets=targets, num_prompts=num_prompts, **options)
         self.num_prompts = num_prompts
         self.carry = None

@@ -29,9 +29,7 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
-from ..hooks import host_of, needs_reparam
-from ..lora import in_out_features
-from ..ssf import out_channels
+from ..hooks import host_of
 from ..targets import find_table
 from .sensitivity import scored_parameters
 
@@ -59,13 +57,19 @@ def parse_budget(text) -> int:
     return int(round(value))
 
 
+def structured_unit(kind: str):
+    """The unit class of a structured kind, from the registered SPT methods' declarations."""
+    from ..registry_facts import method_classes
+    for cls in method_classes():
+        if getattr(cls, 'kind', None) == kind and getattr(cls, 'structured_unit', None):
+            return cls.structured_unit
+    raise ValueError(f'no registered SPT method has the structured kind {kind!r}')
+
+
 def structured_cost(module: nn.Module, kind: str, r: int) -> int:
-    """Parameters of one LoRA-r (``r·(in + out)``) or Adapter-r (``2·out·r + r + out``) module."""
-    if kind == 'lora':
-        fan_in, fan_out = in_out_features(module)
-        return r * (fan_in + fan_out)
-    dim = out_channels(module)
-    return 2 * dim * r + r + dim
+    """Parameters of one rank-r structured unit (LoRA-r ``r·(in + out)``, Adapter-r
+    ``2·out·r + r + out``), as the unit class declares it (``num_params``)."""
+    return structured_unit(kind).num_params(module, r)
 
 
 def structured_candidate(backbone: nn.Module, modules: Dict[str, nn.Module], param_name: str,
@@ -73,13 +77,12 @@ def structured_candidate(backbone: nn.Module, modules: Dict[str, nn.Module], par
     """The module a structured ``kind`` unit would wrap for ``param_name``, or None."""
     owner_name, _, leaf = param_name.rpartition('.')
     owner = modules.get(owner_name)
-    ok = ((isinstance(owner, nn.Linear) and leaf == 'weight')
-          or (isinstance(owner, nn.MultiheadAttention) and leaf == 'in_proj_weight'))
-    if not ok:
+    is_matrix = ((isinstance(owner, nn.Linear) and leaf == 'weight')
+                 or (isinstance(owner, nn.MultiheadAttention) and leaf == 'in_proj_weight'))
+    if not is_matrix:
         return None
-    if kind == 'adapter' and needs_reparam(host_of(backbone, owner_name), owner):
-        return None  # its output is never seen by a hook (fused attention): no adapter there
-    return owner_name
+    ok = structured_unit(kind).can_wrap(owner, host_of(backbone, owner_name))
+    return owner_name if ok else None
 
 
 def backbone_fingerprint(backbone: nn.Module) -> dict:

@@ -1,4 +1,5 @@
-"""SPT-LoRA and SPT-Adapter: tune where an allocation file says (papers/spt_iccv2023.txt).
+"""SPT-LoRA and SPT-Adapter: tune where an allocation file says (He et al., "Sensitivity-Aware
+Visual Parameter-Efficient Fine-Tuning", ICCV 2023).
 
 Structured modules (LoRA-r / Adapter-r) go on the weight matrices the allocation marks
 structured; sparse deltas on every other selected entry. Build the allocation for a config with
@@ -31,6 +32,8 @@ class _SPT(PeftMethod):
     kind = None
     structured_unit = None
 
+    accepts_targets = False
+
     def __init__(self, allocation, targets=None, **options):
         if targets is not None:
             raise ValueError(f'{type(self).__name__} tunes where its allocation says; it takes no '
@@ -52,10 +55,11 @@ class _SPT(PeftMethod):
         alloc.check_backbone(backbone)
         modules = dict(backbone.named_modules())
         units = []
+        spec = self.structured_unit.option_spec
         for name in alloc.structured:
-            units.append(self.structured_unit(self, backbone, name, modules[name],
-                                              self.table.role_of(name), False,
-                                              **{**self.options, 'r': alloc.rank}))
+            units.append(self.structured_unit(
+                self, backbone, name, modules[name], self.table.role_of(name), False,
+                **{k: v for k, v in {**self.options, 'r': alloc.rank}.items() if k in spec}))
         by_module = defaultdict(dict)
         for param_name, index in alloc.unstructured.items():
             owner, _, leaf = param_name.rpartition('.')
@@ -86,6 +90,7 @@ class SPTLoRA(_SPT):
     (deltas scattered into the weights, LoRA folded)."""
     kind = 'lora'
     structured_unit = LoRAUnit
+    unit_classes = (LoRAUnit, SparseDeltaUnit)
 
 
 @PEFT_METHODS.register_module()
@@ -94,6 +99,7 @@ class SPTAdapter(_SPT):
     mergeable (the adapters' bottleneck is non-linear)."""
     kind = 'adapter'
     structured_unit = AdapterUnit
+    unit_classes = (AdapterUnit, SparseDeltaUnit)
     mergeable = False
 
     def not_mergeable_reason(self):

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..base import PeftUnit
+from ..options import Option
 
 
 def scatter_delta(weight: torch.Tensor, index: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
@@ -54,13 +55,16 @@ def sparse_linear_delta(out, x, delta, index, in_features):
 
 
 class SparseDeltaUnit(PeftUnit):
-    """Deltas on selected entries of some parameters of one module.
-
-    Options: ``indices`` — ``{parameter leaf name: flat int64 indices}``.
-    """
+    """Deltas on selected entries of some parameters of one module."""
+    option_spec = dict(indices=Option(None, dict, doc='{parameter leaf name: flat int64 indices} '
+                                      '(set by the SPT allocation)'))
+    prefixes = ('spt_', )
+    no_decay = ('spt_delta', )
 
     def attach(self):
-        indices: Dict[str, torch.Tensor] = self.options['indices']
+        indices: Dict[str, torch.Tensor] = self.opts.indices
+        if not indices:
+            raise ValueError(f'SparseDeltaUnit on {self.name} needs indices (from an SPT allocation)')
         self.leaves = []
         for leaf, index in indices.items():
             param = getattr(self.module, leaf)

@@ -1,0 +1,55 @@
+"""The method × backbone test matrix: one row per registered method.
+
+``tests/test_method_matrix.py`` fails for a registered method that has no row in a table it
+needs (merge equivalence or merge refusal, PEFT-only round trip, parameter count), so a new method
+cannot land untested. A case is ``fn(backbone, tmp_path) -> peft config`` (SPT needs an allocation
+made for the backbone at hand).
+"""
+import torch
+
+from mmssf.peft.spt import allocate, scored_parameters
+
+
+def fixed(cfg):
+    return lambda backbone, tmp_path: dict(cfg)
+
+
+def spt_allocation(kind, budget=3000, rank=2):
+    """An SPT config whose allocation comes from heavy-tailed random scores of ``backbone``."""
+    def case(backbone, tmp_path):
+        gen = torch.Generator().manual_seed(0)
+        scores = {n: torch.rand(p.shape, generator=gen) ** 4
+                  for n, p in scored_parameters(backbone).items()}
+        alloc = allocate(scores, backbone, budget, kind=kind, rank=rank)
+        path = alloc.save(str(tmp_path / f'alloc_{kind}'))
+        return dict(type='SPTLoRA' if kind == 'lora' else 'SPTAdapter', allocation=path)
+    return case
+
+
+#: mergeable methods: tuned outputs == merged outputs == stock model with merged weights
+MERGE_CASES = {
+    'SSF': [fixed(dict(type='SSF')), fixed(dict(type='SSF', patch_merging=True))],
+    'LoRA': [fixed(dict(type='LoRA', targets=['qkv', 'proj', 'fc1', 'fc2'], r=4, alpha=8))],
+    'RLRR': [fixed(dict(type='RLRR')), fixed(dict(type='RLRR', init='official')),
+             fixed(dict(type='RLRR', qkv_blocks=1))],
+    'DoRA': [fixed(dict(type='DoRA', targets=['qkv', 'proj', 'fc1', 'fc2'], r=4, alpha=8)),
+             fixed(dict(type='DoRA', detach_norm=False))],
+    'BitFit': [fixed(dict(type='BitFit'))],
+    'LinearProbe': [fixed(dict(type='Linear'))],
+    'FullFineTune': [fixed(dict(type='Full'))],
+    'SPTLoRA': [spt_allocation('lora')],
+}
+
+#: methods that change the computation: merge must be refused with a clear message
+REFUSE_CASES = {
+    'Adapter': [fixed(dict(type='Adapter', r=4))],
+    'VPTShallow': [fixed(dict(type='VPTShallow', num_prompts=3))],
+    'VPTDeep': [fixed(dict(type='VPTDeep', num_prompts=3))],
+    'SPTAdapter': [spt_allocation('adapter')],
+}
+
+#: every method: PEFT-only save / load reproduces the outputs exactly
+ROUND_TRIP_CASES = {
+    **{k: v[:1] for k, v in MERGE_CASES.items()},
+    **{k: v[:1] for k, v in REFUSE_CASES.items()},
+}
