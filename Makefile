@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test clean-venv
+.PHONY: setup demo test test-fast clean-venv
 
 setup:
 	@bash tools/install_env.sh
@@ -12,6 +12,10 @@ demo: setup
 
 test: setup
 	@$(PY) -m pytest tests -q $(PYTEST_ARGS)
+
+# the fast subset while iterating (CI runs everything: make test)
+test-fast: setup
+	@$(PY) -m pytest tests -q -m "not slow" $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf .venv

@@ -54,7 +54,7 @@ class LoRAUnit(PeftUnit):
                 f'{type(self.method).__name__} on {self.name}: dropout={self.dropout} cannot apply '
                 f'here: this module ({type(self.module).__name__}) is re-parameterized, its input '
                 f'is never seen by a hook. Set dropout=0 for this target, e.g. '
-                f'targets={{...: dict(dropout=0.0)}}')
+                f'targets={{{self.role or self.name!r}: dict(dropout=0.0)}}')
         if self.reparam:
             w_name, _ = weight_and_bias_names(self.module)
             self.add_weight_transform('lora', (w_name, ), self.reparameterize)

@@ -93,7 +93,8 @@ class Option:
 
 def unknown_option_error(owner: str, name: str, valid: Iterable[str]) -> OptionError:
     valid = sorted(valid)
-    close = difflib.get_close_matches(name, valid, n=1)
+    close = difflib.get_close_matches(name, valid, n=1) or \
+        [v for v in valid if name.startswith(v) or v.startswith(name)][:1]  # 'rank' -> 'r'
     hint = f' (did you mean {close[0]!r}?)' if close else ''
     listed = ', '.join(valid) if valid else 'none'
     return OptionError(f'{owner}: unknown option {name!r}{hint}. Valid options: {listed}')

@@ -49,9 +49,9 @@ class RLRRUnit(PeftUnit):
 
     def attach(self):
         fan_in, fan_out = in_out_features(self.module)
-        blocks = self.opts.qkv_blocks
+        blocks = self.opts.qkv_blocks if self.role == 'qkv' else 1  # (only the fused qkv has blocks)
         if blocks is None:
-            blocks = 3 if self.role == 'qkv' and self.method.table.kind == 'vit' else 1
+            blocks = 3 if self.method.table.kind == 'vit' else 1
         if fan_out % blocks:
             raise OptionError(f'RLRR on {self.name}: qkv_blocks={blocks} does not divide its '
                               f'{fan_out} output rows')
