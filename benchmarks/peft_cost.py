@@ -46,20 +46,44 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-# key -> (label, apply_peft config, variant)
-METHODS = collections.OrderedDict([
-    ('full', ('Full fine-tuning', dict(type='FullFineTune'), None)),
-    ('linear', ('Linear probe', dict(type='LinearProbe'), None)),
-    ('bitfit', ('BitFit', dict(type='BitFit'), None)),
-    ('ssf', ('SSF', dict(type='SSF'), None)),
-    ('ssf_naive', ('SSF (naive hook, reference)', dict(type='SSF'), 'naive')),
-    ('vpt_shallow', ('VPT-shallow (200 prompts)', dict(type='VPTShallow'), None)),
-    ('vpt_deep', ('VPT-deep (50 prompts)', dict(type='VPTDeep'), None)),
-    ('lora', ('LoRA (qkv, r=8)', dict(type='LoRA'), None)),
-    ('adapter', ('Adapter (fc2, r=8)', dict(type='Adapter'), None)),
-    ('rlrr', ('RLRR', dict(type='RLRR'), None)),
-])
-MERGEABLE = ('bitfit', 'ssf', 'lora', 'rlrr')
+import mmssf  # noqa: E402,F401  (registers the methods)
+from mmssf.peft.registry_facts import method_classes  # noqa: E402
+
+#: short keys / labels of the seed methods (other registered methods get their class name)
+KEYS = {'FullFineTune': 'full', 'LinearProbe': 'linear', 'VPTShallow': 'vpt_shallow',
+        'VPTDeep': 'vpt_deep'}
+LABELS = {'full': 'Full fine-tuning', 'linear': 'Linear probe', 'vpt_shallow': 'VPT-shallow (200 prompts)',
+          'vpt_deep': 'VPT-deep (50 prompts)', 'lora': 'LoRA (qkv, r=8)', 'adapter': 'Adapter (fc2, r=8)',
+          'ssf_naive': 'SSF (naive hook, reference)', 'bitfit': 'BitFit', 'ssf': 'SSF', 'rlrr': 'RLRR',
+          'dora': 'DoRA (qkv, r=8)'}
+
+
+def _builds_from_defaults(cls) -> bool:
+    """SPT needs an allocation (benchmarks/spt_cost.py measures it)."""
+    import inspect
+    return all(p.default is not inspect.Parameter.empty or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+               for name, p in inspect.signature(cls.__init__).parameters.items() if name != 'self')
+
+
+def registry_methods():
+    """key -> (label, apply_peft config, variant): every registered method that builds from its
+    defaults, full fine-tuning first, plus the naive-SSF reference variant."""
+    rows = collections.OrderedDict()
+    order = {'FullFineTune': 0, 'LinearProbe': 1}
+    for cls in sorted(method_classes(), key=lambda c: (order.get(c.__name__, 2), c.__name__)):
+        if not _builds_from_defaults(cls):
+            continue
+        key = KEYS.get(cls.__name__, cls.__name__.lower())
+        rows[key] = (LABELS.get(key, cls.__name__), dict(type=cls.__name__), None)
+        if key == 'ssf':
+            rows['ssf_naive'] = (LABELS['ssf_naive'], dict(type='SSF'), 'naive')
+    return rows
+
+
+METHODS = registry_methods()
+MERGEABLE = tuple(k for k, (_, cfg, variant) in METHODS.items() if variant is None and k not in
+                  ('full', 'linear') and next(c for c in method_classes()
+                                              if c.__name__ == cfg['type']).mergeable)
 MODELS = collections.OrderedDict([('vit', 'ViT-B/16'), ('swin', 'Swin-T')])
 NUM_CLASSES = 100
 IMG = 224

@@ -143,7 +143,7 @@ def test_rules_in_process():
         check_checkpoint(linear, bitfit_ckpt, resume=True)
 
     # no meta (a checkpoint from elsewhere): the keys still tell
-    with pytest.raises(CheckpointMismatchError, match=r'unexpected keys are SSF tensors but this '
+    with pytest.raises(CheckpointMismatchError, match=r'unexpected keys are RLRR/SSF tensors but this '
                                                       r'config tunes with LoRA'):
         check_checkpoint(_tuned(dict(type='LoRA', r=2)), {'state_dict': ssf.state_dict()})
 
