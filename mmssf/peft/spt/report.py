@@ -45,6 +45,19 @@ def _share(part, whole):
     return 100.0 * part / whole if whole else 0.0
 
 
+def _blocks(structured) -> str:
+    """``'3 q, 1 k, 2 v blocks, 5 whole matrices'``."""
+    counts = {}
+    for name in structured:
+        block = name.rpartition(':')[2] if ':' in name else 'whole'
+        counts[block] = counts.get(block, 0) + 1
+    parts = [f'{counts[b]} {b}' for b in ('q', 'k', 'v') if b in counts]
+    text = ', '.join(parts) + (' blocks' if parts else '')
+    if 'whole' in counts:
+        text += (', ' if parts else '') + f'{counts["whole"]} whole matrices'
+    return text or 'none'
+
+
 def format_summary(alloc, table: TargetTable) -> str:
     """The summary table printed by ``spt_sensitivity.py``."""
     b = alloc.budget
@@ -52,8 +65,13 @@ def format_summary(alloc, table: TargetTable) -> str:
         f'SPT-{alloc.kind} allocation for {alloc.backbone["table"]} '
         f'(rank {alloc.rank}, alpha {alloc.alpha:g})',
         f'budget asked {b["asked"]:,} | met {b["met"]:,} ({b["note"]})',
-        f'  structured   {b["structured"]:>10,} params in {len(alloc.structured)} modules',
+        f'  structured   {b["structured"]:>10,} params in {len(alloc.structured)} modules '
+        f'({_blocks(alloc.structured)})',
+        f'  whole vectors{b.get("vectors", 0):>10,} params in {len(alloc.vectors)} vectors '
+        f'(beta {alloc.beta})',
         f'  unstructured {b["unstructured"]:>10,} params in {len(alloc.unstructured)} tensors',
+        f'  class token  {b.get("cls_token", 0):>10,} params'
+        + ('' if alloc.cls_token else ' (frozen or none)'),
     ]
     if alloc.sensitivity:
         s = alloc.sensitivity
@@ -69,6 +87,10 @@ def format_summary(alloc, table: TargetTable) -> str:
         lines.append('structured modules:')
         lines += [f'  {name} ({v["param"]}): {v["params"]:,} params, {v["sensitive"]:,} sensitive'
                   for name, v in alloc.structured.items()]
+    if alloc.vectors:
+        lines.append('vectors tuned whole:')
+        lines += [f'  {name}: {v["params"]:,} params, {v["sensitive"]:,} sensitive'
+                  for name, v in alloc.vectors.items()]
     return '\n'.join(lines)
 
 
