@@ -120,6 +120,8 @@ def test_spt_count_is_the_budget_met(tmp_path, kind, backbone_name):
     cls = model.cls_token.numel() if backbone_name.endswith('vit') else 0
     expected = sum(cost(n) for n in alloc.structured) + sum(vector(n) for n in alloc.vectors) + \
         sum(int(v.numel()) for v in alloc.unstructured.values()) + cls
-    assert any(':' in n for n in alloc.structured)  # q / k / v blocks
-    assert alloc.vectors or not backbone_name.endswith('vit')  # (random scores: on ViT)
+    # q / k / v blocks (no adapter can follow mmseg's fused attention)
+    assert any(':' in n for n in alloc.structured) or (kind, backbone_name) == ('adapter', 'mmseg_vit')
+    # (these random scores make some vectors whole with SPT-LoRA on the tiny ViTs)
+    assert alloc.vectors or not (backbone_name.endswith('vit') and kind == 'lora')
     assert method.num_trainable(model) == expected == alloc.budget['met']

@@ -87,7 +87,8 @@ class LoRAUnit(PeftUnit):
                         f'{type(self.method).__name__} on {self.name}: {option}={value} cannot '
                         f'apply here: this module ({type(self.module).__name__}) is '
                         f're-parameterized, its input is never seen by a hook. Set {option}=0 '
-                        f'for this target, e.g. targets={{...: dict({option}=0.0)}}')
+                        f'for this target, e.g. '
+                        f'targets={{{self.role or self.name!r}: dict({option}=0.0)}}')
             w_name, _ = weight_and_bias_names(self.module)
             self.add_weight_transform('lora' + suffix, (w_name, ), self.reparameterize)
         else:

@@ -77,6 +77,12 @@ def format_summary(alloc, table: TargetTable) -> str:
         s = alloc.sensitivity
         lines.append(f'sensitivity: {s.get("samples")} samples ({s.get("samples_asked")} asked), '
                      f'{s.get("batches")} batches, seed {s.get("seed")}')
+        if s.get('pipeline'):
+            steps = ' -> '.join(t.get('type', '?') for t in s['pipeline'] if isinstance(t, dict))
+            loss = s.get('loss', {}).get('used')
+            lines.append(f'  fed: {s.get("data")} ({steps}); batch augments removed: '
+                         f'{", ".join(s.get("batch_augments_removed") or []) or "none"}; '
+                         f'loss: {loss if isinstance(loss, str) else "as configured"}')
     per_block, per_op = patterns(alloc.sensitive_counts, table)
     whole = sum(per_block.values())
     lines.append(f'share of the top-{b["asked"]:,} sensitive parameters per block:')
