@@ -27,7 +27,7 @@ import torch
 
 import mmssf  # noqa: F401  (registers mmssf and applies the stack fixes)
 from mmssf.launch import Config, DictAction
-from mmssf.peft.spt import allocate, compute_sensitivity
+from mmssf.peft.spt import allocate, compute_sensitivity, parse_budget
 from mmssf.peft.spt.report import format_summary, plot_patterns
 from mmssf.peft.spt.scoring_data import scoring_config
 from mmssf.peft.spt.sensitivity import EXCLUDED
@@ -82,6 +82,13 @@ def stock_scoring_config(cfg: Config, args):
 
 def main(argv=None):
     args = parse_args(argv)
+    try:  # bad values fail before the (long) sensitivity pass
+        parse_budget(args.budget)
+    except ValueError as error:
+        raise SystemExit(f'spt_sensitivity.py: --budget: {error}') from None
+    if not args.no_whole_vectors and args.beta < 1:
+        raise SystemExit(f'spt_sensitivity.py: --beta must be >= 1 (official 5), got {args.beta}; '
+                         f'--no-whole-vectors tunes vectors entry-wise only')
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
@@ -109,10 +116,13 @@ def main(argv=None):
     elapsed = time.perf_counter() - start
     print(f'\nsensitivity: {info["samples"]} samples in {elapsed:.1f} s on {args.device}')
 
-    alloc = allocate({k: v.cpu() for k, v in scores.items()}, model.backbone, args.budget,
-                     kind=kind, rank=args.rank, alpha=args.alpha,
-                     beta=None if args.no_whole_vectors else args.beta,
-                     train_cls_token=not args.freeze_cls_token)
+    try:
+        alloc = allocate({k: v.cpu() for k, v in scores.items()}, model.backbone, args.budget,
+                         kind=kind, rank=args.rank, alpha=args.alpha,
+                         beta=None if args.no_whole_vectors else args.beta,
+                         train_cls_token=not args.freeze_cls_token)
+    except ValueError as error:
+        raise SystemExit(f'spt_sensitivity.py: {error}') from None
     alloc.sensitivity = dict(info, seed=args.seed, config=args.config, mode='eval',
                              seconds=round(elapsed, 2), excluded=list(EXCLUDED), **fed)
     path = alloc.save(out)
