@@ -1,8 +1,9 @@
 """What SPT's sensitivity pass is fed: the task's *training* images through its *test* pipeline,
 no batch augmentation, plain cross entropy for classifiers.
 
-The authors score with ``--no_aug --mixup=0 --cutmix=0 --smoothing=0`` (ziplab/SPT
-``configs/vtab_*_sensitivity.sh``): gradients of the clean task loss on clean images. A config's
+The authors' sensitivity scripts (He et al., "Sensitivity-Aware Visual Parameter-Efficient
+Fine-Tuning", ICCV 2023; code ziplab/SPT) score with ``--no_aug --mixup=0 --cutmix=0
+--smoothing=0``: gradients of the clean task loss on clean images. A config's
 training recipe (RandomResizedCrop, RandAugment, RandomErasing, Mixup / CutMix, label smoothing)
 would score noise. :func:`scoring_config` rewrites a copy of the config accordingly and says what
 it changed; the sensitivity tool records that in the allocation file.
