@@ -124,7 +124,9 @@ def main():
           f'(goal ≤ 1.3×: {"PASS" if ratio <= 1.3 else "MISS"})')
     print(f'allocation of {alloc.budget["asked"]:,} ({alloc.budget["note"]}): '
           f'{times["alloc_s"]:.1f} s; {alloc.budget["structured"]:,} structured in '
-          f'{len(alloc.structured)} modules + {alloc.budget["unstructured"]:,} unstructured\n')
+          f'{len(alloc.structured)} modules + {alloc.budget["vectors"]:,} in '
+          f'{len(alloc.vectors)} whole vectors + {alloc.budget["unstructured"]:,} unstructured + '
+          f'{alloc.budget["cls_token"]:,} class token\n')
 
     with tempfile.TemporaryDirectory() as tmp:
         path = alloc.save(tmp)

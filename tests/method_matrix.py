@@ -14,15 +14,17 @@ def fixed(cfg):
     return lambda backbone, tmp_path: dict(cfg)
 
 
-def spt_allocation(kind, budget=3000, rank=2):
-    """An SPT config whose allocation comes from heavy-tailed random scores of ``backbone``."""
+def spt_allocation(kind, budget=2000, rank=2, **options):
+    """An SPT config whose allocation comes from heavy-tailed random scores of ``backbone``
+    (``options``: of the method, e.g. the LoRA regularisation)."""
     def case(backbone, tmp_path):
         gen = torch.Generator().manual_seed(0)
         scores = {n: torch.rand(p.shape, generator=gen) ** 4
                   for n, p in scored_parameters(backbone).items()}
         alloc = allocate(scores, backbone, budget, kind=kind, rank=rank)
         path = alloc.save(str(tmp_path / f'alloc_{kind}'))
-        return dict(type='SPTLoRA' if kind == 'lora' else 'SPTAdapter', allocation=path)
+        return dict(type='SPTLoRA' if kind == 'lora' else 'SPTAdapter', allocation=path,
+                    **options)
     return case
 
 
@@ -37,7 +39,8 @@ MERGE_CASES = {
     'BitFit': [fixed(dict(type='BitFit'))],
     'LinearProbe': [fixed(dict(type='Linear'))],
     'FullFineTune': [fixed(dict(type='Full'))],
-    'SPTLoRA': [spt_allocation('lora')],
+    # (regularised as the official SPT-LoRA: dropout / drop-path act in training only)
+    'SPTLoRA': [spt_allocation('lora'), spt_allocation('lora', dropout=0.1, drop_path=0.1)],
 }
 
 #: methods that change the computation: merge must be refused with a clear message

@@ -33,7 +33,8 @@ def test_matrix_names_only_registered_methods():
 
 # -- options: typed, validated when the method is built ---------------------------------------
 @pytest.mark.parametrize('cfg,match', [
-    (dict(type='LoRA', rank=16), r"unknown option 'rank' \(did you mean 'r'\?\).*alpha, dropout, r"),
+    (dict(type='LoRA', rank=16),
+     r"unknown option 'rank' \(did you mean 'r'\?\).*alpha, drop_path, dropout, r, row_block"),
     (dict(type='SSF', init_std='x'), r"init_std='x' has the wrong type.*float"),
     (dict(type='LoRA', r=-1), r'r=-1 is out of range.*>= 1'),
     (dict(type='LoRA', r=0), r'r=0 is out of range'),

@@ -131,42 +131,157 @@ def test_sensitivity_is_deterministic():
 
 
 # -- acceptance 2: the budget ----------------------------------------------------------------
+def reference_candidates(model, scores, kind, rank, alpha, beta):
+    """The official rule's candidates, written from ziplab/SPT ``engine.get_sensitivity``: every
+    matrix and vector is one, except that a fused q/k/v weight / bias is three (the official ViT
+    has separate q, k, v Linears). ``(name, param, lo, hi, cost, sigma)`` with ``[lo, hi)`` the
+    flat range inside the parameter; sigma = inf where nothing structured applies."""
+    from mmssf.peft.targets import find_table
+    table = find_table(model)
+    modules = dict(model.named_modules())
+    out = []
+    for name, s in scores.items():
+        owner, _, leaf = name.rpartition('.')
+        module = modules.get(owner)
+        mha = isinstance(module, torch.nn.MultiheadAttention)
+        fused = table.role_of(owner) == 'qkv' and leaf in ('weight', 'bias', 'in_proj_weight',
+                                                           'in_proj_bias')
+        blocks = 3 if fused else 1
+        matrix = (isinstance(module, torch.nn.Linear) and leaf == 'weight') or \
+            (mha and leaf == 'in_proj_weight')
+        if kind == 'adapter' and (mha or isinstance(modules.get(owner.rpartition('.')[0]),
+                                                   torch.nn.MultiheadAttention)):
+            matrix = False  # no hook sees the fused attention's outputs
+        size = s.numel() // blocks
+        for b in range(blocks):
+            key = (owner if matrix else name) + (':' + 'qkv'[b] if fused else '')
+            if matrix:
+                fan_out, fan_in = s.shape[0] // blocks, s.shape[1]
+                cost = rank * (fan_in + fan_out) if kind == 'lora' else \
+                    2 * fan_out * rank + rank + fan_out
+                sigma = cost / alpha
+            elif s.dim() == 1 and beta:
+                cost, sigma = size, size / beta
+            else:
+                cost, sigma = 0, float('inf')
+            out.append((key, name, b * size, (b + 1) * size, cost, sigma))
+    return out
+
+
+def check_rule_by_brute_force(model, scores, alloc, kind, rank, alpha, beta):
+    """Recompute the allocation rule from the global top-t (full sort) and compare."""
+    names = list(scores)
+    flat = torch.cat([scores[n].reshape(-1) for n in names])
+    top = torch.zeros(len(flat), dtype=torch.bool)
+    top[torch.sort(flat, descending=True, stable=True).indices[:alloc.budget['top_t']]] = True
+    starts = dict(zip(names, torch.cumsum(torch.tensor([0] + [scores[n].numel() for n in names]),
+                                          0).tolist()))
+    structured = vectors = unstructured = 0
+    for key, param, lo, hi, cost, sigma in reference_candidates(model, scores, kind, rank, alpha,
+                                                                beta):
+        c = int(top[starts[param] + lo:starts[param] + hi].sum())
+        idx = alloc.unstructured.get(param, torch.zeros(0, dtype=torch.long))
+        mine = idx[(idx >= lo) & (idx < hi)]
+        if c >= sigma:  # tuned structurally / whole, and nothing of it entry-wise
+            table = alloc.structured if key in alloc.structured else alloc.vectors
+            assert key in table, (key, c, sigma)
+            assert table[key]['params'] == cost and table[key]['sensitive'] == c, key
+            assert len(mine) == 0, key
+            structured += cost * (table is alloc.structured)
+            vectors += cost * (table is alloc.vectors)
+        else:
+            assert key not in alloc.structured and key not in alloc.vectors, (key, c, sigma)
+            # the top-t entries plus the budget fill, which never reaches the threshold
+            top_here = torch.nonzero(top[starts[param] + lo:starts[param] + hi]).reshape(-1) + lo
+            assert set(top_here.tolist()) <= set(mine.tolist()), key
+            assert len(mine) < sigma, key
+            unstructured += len(mine)
+    cls = alloc.budget['cls_token']
+    assert structured + vectors + unstructured + cls == alloc.budget['met']
+    assert (structured, vectors, unstructured) == (
+        alloc.budget['structured'], alloc.budget['vectors'], alloc.budget['unstructured'])
+    for param, idx in alloc.unstructured.items():
+        assert torch.equal(idx, torch.unique(idx)) and int(idx.max()) < scores[param].numel()
+
+
 @pytest.mark.parametrize('kind', ['lora', 'adapter'])
 def test_allocation_meets_budget_and_follows_the_rule(kind, backbone_name):
     model, _ = build_backbone(backbone_name)
     scores = random_scores(model)
     budget = 3000
     alloc = allocate(scores, model, budget, kind=kind, rank=2, alpha=10)
-    counted = sum(v['params'] for v in alloc.structured.values()) + \
-        sum(v.numel() for v in alloc.unstructured.values())
-    assert counted == alloc.budget['met']
     assert alloc.budget['asked'] == budget
-    assert alloc.budget['within_1pct'] == (abs(counted - budget) <= 0.01 * budget)
+    assert alloc.budget['within_1pct'] == (abs(alloc.budget['met'] - budget) <= 0.01 * budget)
     if not alloc.budget['within_1pct']:
         assert 'nearest achievable' in alloc.budget['note']
-    # the structured rule, recomputed by brute force from the global top-t
-    flat = torch.cat([s.reshape(-1) for s in scores.values()])
-    top = torch.zeros(len(flat), dtype=torch.bool)
-    top[torch.sort(flat, descending=True, stable=True).indices[:alloc.budget['top_t']]] = True
-    start = 0
-    for name, s in scores.items():
-        c = int(top[start:start + s.numel()].sum())
-        start += s.numel()
-        owner, _, leaf = name.rpartition('.')
-        if alloc.structured.get(owner, {}).get('param') == leaf:
-            assert c >= alloc.structured[owner]['params'] / 10
-            assert name not in alloc.unstructured
-        elif name in alloc.unstructured:
-            assert len(alloc.unstructured[name]) >= c  # top-t entries plus the budget fill
-            idx = alloc.unstructured[name]
-            assert torch.equal(idx, torch.unique(idx)) and int(idx.max()) < s.numel()
+    check_rule_by_brute_force(model, scores, alloc, kind, 2, 10, 5)
     # same scores -> same allocation
     again = allocate(scores, model, budget, kind=kind, rank=2, alpha=10)
-    assert again.structured == alloc.structured
+    assert again.structured == alloc.structured and again.vectors == alloc.vectors
     assert all(torch.equal(again.unstructured[k], v) for k, v in alloc.unstructured.items())
 
 
-@pytest.mark.parametrize('budget,rank', [(300, 1), (1000, 2), (2000, 4)])
+QKV = {'mmpretrain_vit': 'layers.{}.attn.qkv', 'mmseg_vit': 'layers.{}.attn.attn',
+       'mmpretrain_swin': 'stages.0.blocks.{}.attn.w_msa.qkv',
+       'mmdet_swin': 'stages.0.blocks.{}.attn.w_msa.qkv',
+       'mmseg_swin': 'stages.0.blocks.{}.attn.w_msa.qkv'}
+NORM = {'mmpretrain_vit': 'layers.{}.ln1', 'mmseg_vit': 'layers.{}.ln1',
+        'mmpretrain_swin': 'stages.0.blocks.{}.norm1', 'mmdet_swin': 'stages.0.blocks.{}.norm1',
+        'mmseg_swin': 'stages.0.blocks.{}.norm1'}
+
+
+def qkv_scores(model, backbone_name, seed=0):
+    """Tiny noise everywhere; hot: the q rows of block 0's qkv weight, the v rows of block 1's,
+    7 entries (>= 32 / 5) of block 0's norm1 weight and of the k part of block 0's qkv bias,
+    6 entries (< 32 / 5) of block 1's norm1 weight."""
+    gen = torch.Generator().manual_seed(seed)
+    scores = {n: torch.rand(p.shape, generator=gen) * 1e-3 for n, p in scored_parameters(model).items()}
+    qkv0, qkv1 = (QKV[backbone_name].format(i) for i in (0, 1))
+    w, b = ('in_proj_weight', 'in_proj_bias') if backbone_name == 'mmseg_vit' else ('weight', 'bias')
+    dim = scores[f'{qkv0}.{w}'].shape[1]
+    scores[f'{qkv0}.{w}'][:dim] += 1 + torch.rand(dim, dim, generator=gen)
+    scores[f'{qkv1}.{w}'][2 * dim:] += 1 + torch.rand(dim, dim, generator=gen)
+    scores[f'{qkv0}.{b}'][dim + 3:dim + 10] += 5
+    scores[NORM[backbone_name].format(0) + '.weight'][:7] += 5
+    scores[NORM[backbone_name].format(1) + '.weight'][:6] += 5
+    return scores, qkv0, qkv1, w, b, dim
+
+
+def test_q_k_v_blocks_are_separate_candidates_and_vectors_follow_beta(tmp_path, backbone_name):
+    model, size = build_backbone(backbone_name)
+    scores, qkv0, qkv1, w, b, dim = qkv_scores(model, backbone_name)
+    rank = 2
+    alloc = allocate(scores, model, 360, kind='lora', rank=rank, alpha=10)
+    check_rule_by_brute_force(model, scores, alloc, 'lora', rank, 10, 5)
+    block_cost = rank * (dim + dim)  # r·(in + out/3): a LoRA on one of q, k, v
+    assert alloc.structured == {
+        f'{qkv0}:q': dict(param=w, params=block_cost, sensitive=dim * dim, rows=[0, dim]),
+        f'{qkv1}:v': dict(param=w, params=block_cost, sensitive=dim * dim, rows=[2 * dim, 3 * dim])}
+    norm0, norm1 = (NORM[backbone_name].format(i) + '.weight' for i in (0, 1))
+    assert alloc.vectors[f'{qkv0}.{b}:k'] == dict(params=dim, sensitive=7, rows=[dim, 2 * dim])
+    assert alloc.vectors[norm0] == dict(params=dim, sensitive=7)
+    assert norm1 not in alloc.vectors and alloc.unstructured[norm1].tolist() == list(range(6))
+    assert alloc.budget['met'] == 360
+
+    # the method: a LoRA whose B covers only the q (v) rows; the vectors train every entry
+    path = alloc.save(str(tmp_path / 'alloc'))
+    apply_peft(model, dict(type='SPTLoRA', allocation=path))
+    spt = get_peft(model)
+    modules = dict(model.named_modules())
+    assert modules[qkv0].lora_B_block0.shape == (dim, rank)
+    assert modules[qkv1].lora_B_block2.shape == (dim, rank)
+    assert set(range(dim, 2 * dim)) <= set(getattr(modules[qkv0], f'spt_index_{b}').tolist())
+    assert spt.num_trainable(model) == alloc.budget['met']
+    randomize_peft(model)
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        tuned = flatten_outputs(model(x))
+        spt.merge(model)
+        merged = flatten_outputs(model(x))
+    assert max((t - m).abs().max().item() for t, m in zip(tuned, merged)) <= 1e-5
+
+
+@pytest.mark.parametrize('budget,rank', [(300, 1), (1200, 2), (2000, 4)])
 def test_achievable_budgets_are_met_with_both_granularities(budget, rank):
     model, _ = build_backbone('mmpretrain_vit')
     alloc = allocate(random_scores(model, seed=3), model, budget, kind='lora', rank=rank)
@@ -179,7 +294,8 @@ def test_unachievable_budget_reports_the_nearest_value():
     model, _ = build_backbone('mmpretrain_vit')
     alloc = allocate(random_scores(model, seed=3), model, 5000, kind='lora', rank=1)
     vectors = sum(p.numel() for n, p in scored_parameters(model).items() if p.dim() == 1)
-    assert alloc.budget['met'] == vectors + sum(v['params'] for v in alloc.structured.values())
+    assert alloc.budget['met'] == vectors + sum(v['params'] for v in alloc.structured.values()) \
+        + model.cls_token.numel()
     assert not alloc.budget['within_1pct'] and 'nearest achievable' in alloc.budget['note']
 
 
@@ -208,13 +324,18 @@ def test_budget_parsing_and_bad_budgets():
             allocate(scores, model, bad)
     with pytest.raises(ValueError, match='alpha >= 1'):
         allocate(scores, model, 1000, alpha=0.5)
-    total = sum(s.numel() for s in scores.values())
+    with pytest.raises(ValueError, match='beta >= 1'):
+        allocate(scores, model, 1000, beta=0.5)
+    total = sum(s.numel() for s in scores.values()) + model.cls_token.numel()
     with pytest.raises(ValueError, match='not smaller than the .* parameters SPT can tune'):
-        allocate(scores, model, total + 1)
+        allocate(scores, model, total)
+    with pytest.raises(ValueError, match='nothing beside the class token'):
+        allocate(scores, model, model.cls_token.numel())
+    assert allocate(scores, model, 20, train_cls_token=False).budget['met'] == 20
 
 
 # -- files and the method contract ------------------------------------------------------------
-def _saved_allocation(tmp_path, backbone_name, kind='lora', budget=3000):
+def _saved_allocation(tmp_path, backbone_name, kind='lora', budget=2000):
     model, _ = build_backbone(backbone_name)
     alloc = allocate(random_scores(model), model, budget, kind=kind, rank=2)
     return alloc.save(str(tmp_path / f'{backbone_name}_{kind}'))
@@ -223,10 +344,10 @@ def _saved_allocation(tmp_path, backbone_name, kind='lora', budget=3000):
 def test_allocation_file_round_trip(tmp_path):
     path = _saved_allocation(tmp_path, 'mmseg_swin')
     info = json.loads(Path(path).read_text())
-    assert info['budget']['asked'] == 3000 and info['kind'] == 'lora'
+    assert info['budget']['asked'] == 2000 and info['kind'] == 'lora'
     loaded = Allocation.load(path)
     model, _ = build_backbone('mmseg_swin')
-    again = allocate(random_scores(model), model, 3000, kind='lora', rank=2)
+    again = allocate(random_scores(model), model, 2000, kind='lora', rank=2)
     assert loaded.structured == again.structured
     assert all(torch.equal(loaded.unstructured[k], v) for k, v in again.unstructured.items())
     # the index file is plain tensors
@@ -405,3 +526,255 @@ def test_wrong_kind_missing_file_and_targets_are_refused(tmp_path):
     with pytest.raises(ValueError, match='takes no targets'):
         apply_peft(build_backbone('mmdet_swin')[0],
                    dict(type='SPTLoRA', allocation=path, targets=['qkv']))
+
+
+# -- q / k / v blocks, vectors, class token, regularisation ----------------------------------
+def test_block_lora_cost_on_vit_b_is_the_official_one():
+    """ViT-B: a LoRA-8 on one of q, k, v costs 8·(768 + 768) = 12,288 (σ = 1,228.8 at α = 10),
+    as on the official separate q / k / v Linears."""
+    from mmssf.peft.spt.allocation import structured_cost
+    qkv = torch.nn.Linear(768, 3 * 768)
+    assert structured_cost(qkv, 'lora', 8, row_blocks=3) == 12_288
+    assert structured_cost(qkv, 'lora', 8) == 8 * (768 + 3 * 768)
+    assert structured_cost(qkv, 'adapter', 8, row_blocks=3) == 2 * 768 * 8 + 8 + 768
+
+
+@pytest.mark.parametrize('block', [0, 1, 2])
+def test_block_lora_equals_a_lora_on_a_separate_linear(block):
+    """LoRA on rows [b·D, (b+1)·D) of a fused qkv == the fused Linear with the b-th of three
+    separate Linears replaced by ``W_b x + b_b + s·B A x``; merges exactly."""
+    model, _ = build_backbone('mmpretrain_vit')
+    qkv = model.layers[0].attn.qkv
+    weight, bias = qkv.weight.detach().clone(), qkv.bias.detach().clone()
+    apply_peft(model, dict(type='LoRA', r=3, alpha=6.0, row_block=block, row_blocks=3))
+    randomize_peft(model, std=0.3)
+    dim = qkv.in_features
+    a, b = getattr(qkv, f'lora_A_block{block}'), getattr(qkv, f'lora_B_block{block}')
+    assert b.shape == (dim, 3) and a.shape == (3, dim)
+    x = torch.randn(2, 5, dim)
+    separate = [torch.nn.functional.linear(x, weight[i * dim:(i + 1) * dim],
+                                           bias[i * dim:(i + 1) * dim]) for i in range(3)]
+    separate[block] = separate[block] + 2.0 * (x @ a.T @ b.T)
+    reference = torch.cat(separate, -1)
+    with torch.no_grad():
+        assert (qkv(x) - reference).abs().max().item() <= 1e-5
+        get_peft(model).merge(model)
+        assert (qkv(x) - reference).abs().max().item() <= 1e-5
+        untouched = [i for i in range(3) if i != block]
+        for i in untouched:
+            assert torch.equal(qkv.weight[i * dim:(i + 1) * dim], weight[i * dim:(i + 1) * dim])
+
+
+def test_lora_drop_path_is_per_sample_in_training_and_identity_in_eval():
+    model, _ = build_backbone('mmpretrain_vit')
+    fc1 = model.layers[0].ffn.layers[0][0]
+    apply_peft(model, dict(type='LoRA', targets=['fc1'], r=2, drop_path=0.5))
+    randomize_peft(model, std=0.5)
+    x = torch.randn(64, 3, fc1.in_features)
+    with torch.no_grad():
+        base = torch.nn.functional.linear(x, fc1.weight, fc1.bias)
+        delta = (x @ fc1.lora_A.T @ fc1.lora_B.T)
+        fc1.eval()
+        assert torch.allclose(fc1(x) - base, delta, atol=1e-6)  # eval: identity drop-path
+        fc1.train()
+        got = fc1(x) - base
+    kept = [torch.allclose(g, 2 * d, atol=1e-5) for g, d in zip(got, delta)]
+    dropped = [bool(g.abs().max() <= 1e-6) for g in got]
+    assert all(k != d for k, d in zip(kept, dropped))  # each sample: all of 2·delta, or none
+    assert 10 < sum(kept) < 54
+
+
+def test_spt_regularisation_follows_the_official_code(tmp_path, monkeypatch):
+    """dropout on every LoRA input but the attention projection's; drop-path on every LoRA;
+    where no hook sees the input (mmseg's fused attention), neither, with a warning."""
+    import mmssf.peft.spt.method as method
+    logged = []
+    monkeypatch.setattr(method, 'print_log', lambda msg, **kw: logged.append(msg))
+    for name in ('mmpretrain_vit', 'mmseg_vit'):
+        model, _ = build_backbone(name)
+        # every matrix (block) structured: matrices score 1, vectors far less; τ = their LoRAs
+        # (q, k, v, proj 1·(32 + 32), fc1 / fc2 1·(32 + 64), two layers) + the class token
+        scores = {k: torch.ones_like(v) if v.dim() == 2 else torch.rand(v.shape) * 1e-3
+                  for k, v in random_scores(model).items()}
+        alloc = allocate(scores, model, 2 * (4 * 64 + 2 * 96) + 32, rank=1)
+        assert len(alloc.structured) == 12 and not alloc.unstructured
+        cfg = dict(type='SPTLoRA', allocation=alloc.save(str(tmp_path / name)), dropout=0.1,
+                   drop_path=0.1)
+        spt = apply_peft(model, cfg)
+        loras = [u for u in spt.units if hasattr(u, 'lora_A')]
+        roles = {u.role for u in loras}
+        assert {'qkv', 'proj', 'fc1', 'fc2'} <= roles
+        for unit in loras:
+            if unit.reparam:
+                assert (unit.dropout, unit.drop_path) == (0, 0)
+            else:
+                assert unit.drop_path == 0.1
+                assert unit.dropout == (0 if unit.role == 'proj' else 0.1), unit.name
+        reparam = [u.name for u in loras if u.reparam]
+        assert bool(reparam) == (name == 'mmseg_vit')
+    assert len(logged) == 1 and 'layers.0.attn.attn:q' in logged[0]
+    with pytest.raises(ValueError, match='row_block are fixed by the allocation'):
+        apply_peft(build_backbone('mmpretrain_vit')[0],
+                   dict(type='SPTLoRA', allocation=cfg['allocation'], row_block=0))
+
+
+@pytest.mark.parametrize('backbone_name', ['mmpretrain_vit', 'mmseg_vit', 'mmdet_swin'])
+def test_cls_token_is_trained_and_counted(tmp_path, backbone_name):
+    model, _ = build_backbone(backbone_name)
+    scores = random_scores(model)
+    alloc = allocate(scores, model, 2000, rank=2)
+    vit = backbone_name.endswith('vit')
+    assert alloc.budget['cls_token'] == (32 if vit else 0)
+    assert alloc.cls_token == (dict(param='cls_token', params=32) if vit else None)
+    spt = apply_peft(model, dict(type='SPTLoRA', allocation=alloc.save(str(tmp_path / 'a'))))
+    assert spt.num_trainable(model) == alloc.budget['met'] == 2000
+    if vit:
+        assert model.cls_token.requires_grad and 'cls_token' in spt.no_weight_decay()
+        assert 'cls_token' in spt.peft_state_dict(model)
+        fresh, _ = build_backbone(backbone_name)
+        frozen = allocate(scores, fresh, 2000, rank=2, train_cls_token=False)
+        assert frozen.cls_token is None and frozen.budget['cls_token'] == 0
+        spt = apply_peft(fresh, dict(type='SPTLoRA', allocation=frozen.save(str(tmp_path / 'b'))))
+        assert not fresh.cls_token.requires_grad and spt.num_trainable(fresh) == 2000
+
+
+def test_old_allocation_format_is_refused_with_the_command(tmp_path):
+    path = _saved_allocation(tmp_path, 'mmpretrain_vit')
+    info = json.loads(Path(path).read_text())
+    info['version'] = 1
+    Path(path).write_text(json.dumps(info))
+    with pytest.raises(ValueError, match=r'format 1.*Recompute it: .*spt_sensitivity.py CONFIG '
+                                         r'--budget 2000'):
+        Allocation.load(path)
+
+
+# -- what the sensitivity pass is fed ----------------------------------------------------------
+SCORING_CONFIG = '''
+_base_ = {base!r}
+custom_imports = dict(imports=['mmssf'], allow_failed_imports=False)
+model = dict(
+    backbone=dict(type='mmssf.PeftBackbone', stock_type='VisionTransformer',
+                  peft=dict(type='SPTLoRA', allocation={alloc!r})),
+    head=dict(loss=dict(type='LabelSmoothLoss', label_smooth_val=0.1, mode='original')),
+    train_cfg=dict(_delete_=True,
+                   augments=[dict(type='Mixup', alpha=0.8), dict(type='CutMix', alpha=1.0)]))
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='RandomResizedCrop', scale=64),
+    dict(type='RandAugment', policies='timm_increasing', num_policies=2, total_level=10,
+         magnitude_level=9, magnitude_std=0.5, hparams=dict(pad_val=[104, 116, 124])),
+    dict(type='PackInputs'),
+]
+test_pipeline = [dict(type='LoadImageFromFile'), dict(type='CenterCrop', crop_size=48),
+                 dict(type='PackInputs')]
+train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
+val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
+test_dataloader = val_dataloader
+'''
+
+
+def _tool():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        'spt_sensitivity', TESTS.parent / 'tools' / 'analysis_tools' / 'spt_sensitivity.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sensitivity_scores_training_images_through_the_test_pipeline(tmp_path, monkeypatch):
+    """A config that trains with RandomResizedCrop + RandAugment, Mixup / CutMix and label
+    smoothing: the scorer sees the training images through the test pipeline (48 px centre
+    crops), hard labels, no batch augmentation and plain cross entropy; RandAugment never runs."""
+    from mmengine.config import Config
+    from mmpretrain.datasets.transforms import RandAugment
+    from mmpretrain.models.utils.batch_augments import CutMix, Mixup
+    from mmpretrain.registry import DATASETS, MODELS
+
+    from mmssf.datasets.image_folder import make_image_folder
+    from runner_utils import CONFIGS, data_options
+    root = make_image_folder(str(tmp_path / 'data'), per_class=2) + '/'
+    cfg_path = tmp_path / 'spt_scoring.py'
+    cfg_path.write_text(SCORING_CONFIG.format(base=str(Path(CONFIGS) / 'vit-tiny_folder-cls.py'),
+                                              alloc=str(tmp_path / 'spt' / 'allocation.json')))
+    ran = {'RandAugment': 0, 'Mixup': 0}
+    monkeypatch.setattr(RandAugment, 'transform',
+                        lambda self, results: ran.update(RandAugment=ran['RandAugment'] + 1)
+                        or results)
+    for cls in (Mixup, CutMix):
+        monkeypatch.setattr(cls, 'mix', lambda self, x, s: ran.update(Mixup=ran['Mixup'] + 1)
+                            or (x, s))
+
+    # the spies see the training recipe when it runs
+    cfg = Config.fromfile(str(cfg_path))
+    cfg.merge_from_dict(dict(o.split('=', 1) for o in data_options(root)))
+    from mmengine.registry import init_default_scope
+    init_default_scope('mmpretrain')
+    DATASETS.build(cfg.train_dataloader.dataset)[0]
+    assert ran['RandAugment'] == 1
+    model_cfg = dict(cfg.model, data_preprocessor=cfg.data_preprocessor,
+                     backbone=dict(cfg.model.backbone, peft=dict(type='Full')))
+    trained = MODELS.build(model_cfg)
+    assert trained.data_preprocessor.batch_augments is not None
+    assert type(trained.head.loss_module).__name__ == 'LabelSmoothLoss'
+    ran.update(RandAugment=0)
+
+    tool = _tool()
+    real = tool.compute_sensitivity
+    seen = dict(data=[])
+
+    def spy(model, backbone, batches, **kw):
+        seen['model'] = model
+
+        def loss_fn(m, batch):
+            data = m.data_preprocessor(batch, True)
+            seen['data'].append(data)
+            loss, _ = m.parse_losses(m(**data, mode='loss'))
+            return loss
+        return real(model, backbone, batches, loss_fn=loss_fn, **kw)
+    monkeypatch.setattr(tool, 'compute_sensitivity', spy)
+    alloc, path = tool.main([str(cfg_path), '--budget', '2k', '--samples', '6', '--rank', '2',
+                             '--device', 'cpu', '--cfg-options'] + data_options(root))
+
+    assert ran == {'RandAugment': 0, 'Mixup': 0}
+    model = seen['model']
+    assert model.data_preprocessor.batch_augments is None
+    assert type(model.head.loss_module).__name__ == 'CrossEntropyLoss'
+    assert sum(len(d['data_samples']) for d in seen['data']) == 6
+    for data in seen['data']:
+        assert data['inputs'].shape[-2:] == (48, 48)  # the test pipeline's centre crop
+        for sample in data['data_samples']:
+            assert '/train/' in sample.img_path
+            assert 'gt_score' not in sample and sample.gt_label.numel() == 1  # hard labels
+    fed = json.loads(Path(path).read_text())['sensitivity']
+    assert [t['type'] for t in fed['pipeline']] == ['LoadImageFromFile', 'CenterCrop', 'PackInputs']
+    assert 'RandAugment' in fed['train_pipeline_replaced']
+    assert fed['batch_augments_removed'] == ['Mixup', 'CutMix'] and fed['batch_augments'] == 'none'
+    assert fed['loss']['used'] == 'CrossEntropyLoss'
+    assert fed['loss']['config']['type'] == 'LabelSmoothLoss'
+    assert alloc.budget['met'] == 2000
+
+
+@pytest.mark.parametrize('config', sorted(str(p) for p in (TESTS.parent / 'configs' / 'spt').glob('*.py')))
+def test_scoring_config_of_every_spt_config(config):
+    """The shipped SPT configs: scored through their test pipeline, no batch augments; the
+    classifiers (trained with Mixup / CutMix, RandAugment, label smoothing) with plain CE."""
+    from mmengine.config import Config
+
+    from mmssf.peft.spt.scoring_data import scoring_config
+    cfg = Config.fromfile(config)
+    scored, fed = scoring_config(cfg)
+    test = cfg.test_dataloader.dataset.pipeline
+    assert scored.train_dataloader.dataset.pipeline == test
+    assert fed['batch_augments'] == 'none'
+    assert not any(t in str(scored.train_dataloader.dataset.pipeline)
+                   for t in ('RandAugment', 'RandomResizedCrop', 'RandomErasing', 'RandomCrop'))
+    if 'cifar100' in config:
+        assert 'RandAugment' in fed['train_pipeline_replaced']
+        assert fed['batch_augments_removed'] == ['Mixup', 'CutMix']
+        assert fed['loss']['used'] == 'CrossEntropyLoss' and scored.model.train_cfg is None
+        assert scored.model.head.loss == dict(type='CrossEntropyLoss', loss_weight=1.0)
+        assert scored.train_dataloader.batch_size == cfg.train_dataloader.batch_size
+    else:
+        assert fed['loss']['used'] == 'the task losses as configured'
+        assert scored.train_dataloader.batch_size == cfg.test_dataloader.batch_size

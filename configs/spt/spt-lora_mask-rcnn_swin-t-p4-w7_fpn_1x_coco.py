@@ -10,8 +10,11 @@ custom_imports = dict(imports=['mmssf'], allow_failed_imports=False)
 
 spt_allocation = ('work_dirs/spt_allocations/'
                   'spt-lora_mask-rcnn_swin-t-p4-w7_fpn_1x_coco/allocation.json')
+# dropout 0.1 on the LoRA inputs (not the attention projection's) and drop-path 0.1 on the LoRA
+# outputs: the official SPT-LoRA regularisation (ziplab/SPT)
 model = dict(backbone=dict(type='mmssf.PeftBackbone', stock_type='SwinTransformer',
-                           peft=dict(type='SPTLoRA', allocation=spt_allocation)))
+                           peft=dict(type='SPTLoRA', allocation=spt_allocation,
+                                     dropout=0.1, drop_path=0.1)))
 optim_wrapper = dict(constructor='mmssf.PeftOptimWrapperConstructor')
 custom_hooks = [dict(type='mmssf.ReparamCheckpointHook'),
                 dict(type='mmssf.TrainableParamsReportHook')]

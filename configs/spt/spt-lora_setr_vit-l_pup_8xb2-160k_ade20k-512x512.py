@@ -11,9 +11,14 @@ custom_imports = dict(imports=['mmssf'], allow_failed_imports=False)
 spt_allocation = ('work_dirs/spt_allocations/'
                   'spt-lora_setr_vit-l_pup_8xb2-160k_ade20k-512x512/allocation.json')
 pretrained = 'pretrain/vit-large-p16_in21k_mmseg.pth'  # mmseg keys, no prefix
+# dropout 0.1 on the LoRA inputs (not the attention projection's) and drop-path 0.1 on the LoRA
+# outputs: the official SPT-LoRA regularisation (ziplab/SPT). The LoRAs inside mmseg's
+# nn.MultiheadAttention (fused q/k/v, out_proj) cannot take them and train without (a warning
+# lists them).
 model = dict(backbone=dict(type='mmssf.PeftBackbone', stock_type='VisionTransformer',
                            init_cfg=dict(type='Pretrained', checkpoint=pretrained),
-                           peft=dict(type='SPTLoRA', allocation=spt_allocation)))
+                           peft=dict(type='SPTLoRA', allocation=spt_allocation,
+                                     dropout=0.1, drop_path=0.1)))
 optim_wrapper = dict(constructor='mmssf.PeftOptimWrapperConstructor')
 custom_hooks = [dict(type='mmssf.ReparamCheckpointHook'),
                 dict(type='mmssf.TrainableParamsReportHook')]

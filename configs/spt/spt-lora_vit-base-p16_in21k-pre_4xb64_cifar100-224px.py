@@ -10,8 +10,11 @@ custom_imports = dict(imports=['mmssf'], allow_failed_imports=False)
 
 spt_allocation = ('work_dirs/spt_allocations/'
                   'spt-lora_vit-base-p16_in21k-pre_4xb64_cifar100-224px/allocation.json')
+# dropout 0.1 on the LoRA inputs (not the attention projection's) and drop-path 0.1 on the LoRA
+# outputs: the official SPT-LoRA regularisation (ziplab/SPT)
 model = dict(backbone=dict(type='mmssf.PeftBackbone', stock_type='VisionTransformer',
-                           peft=dict(type='SPTLoRA', allocation=spt_allocation)))
+                           peft=dict(type='SPTLoRA', allocation=spt_allocation,
+                                     dropout=0.1, drop_path=0.1)))
 train_dataloader = dict(batch_size=64)
 optim_wrapper = dict(constructor='mmssf.PeftOptimWrapperConstructor', optimizer=dict(lr=1e-3))
 custom_hooks = [dict(type='mmssf.ReparamCheckpointHook'),

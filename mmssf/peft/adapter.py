@@ -12,18 +12,24 @@ from torch import nn
 from ..registry import PEFT_METHODS
 from .base import MergeError, PeftMethod, PeftUnit
 from .hooks import host_of, needs_reparam
-from .options import Option
+from .options import Option, OptionError
 from .ssf import out_channels
 
 _ACTIVATIONS = {'gelu': F.gelu, 'relu': F.relu}
 
 
 class AdapterUnit(PeftUnit):
-    """Bottleneck adapter on one module's output."""
+    """Bottleneck adapter on one module's output (or on one block of its output channels:
+    ``row_block`` of ``row_blocks``, e.g. the q, k or v part of a fused q/k/v projection, as
+    SPT's official code places adapters after separate q / k / v Linears)."""
     option_spec = dict(
         r=Option(8, int, min=1, doc='bottleneck width'),
         act=Option('gelu', str, choices=tuple(_ACTIVATIONS), doc='activation'),
-        scale=Option(1.0, float, doc='output scale'))
+        scale=Option(1.0, float, doc='output scale'),
+        row_block=Option(None, int, min=0,
+                         doc='adapt only this block of the output channels (None: all)'),
+        row_blocks=Option(1, int, min=1,
+                          doc='equal output-channel blocks that row_block counts in'))
     prefixes = ('adapter_', )
     mergeable = False
 
@@ -34,8 +40,9 @@ class AdapterUnit(PeftUnit):
                 and (host is None or not needs_reparam(host, module)))
 
     @classmethod
-    def num_params(cls, module, r):
-        dim = out_channels(module)
+    def num_params(cls, module, r, row_blocks=1):
+        """``2·d·r + r + d`` with ``d`` the adapted channels (``out / row_blocks``)."""
+        dim = out_channels(module) // row_blocks
         return 2 * dim * r + r + dim
 
     def merge_blocker(self):
@@ -47,21 +54,34 @@ class AdapterUnit(PeftUnit):
             raise ValueError(f'Adapter cannot follow {self.name}: its output is computed inside '
                              f'{type(host_of(self.backbone, self.name)).__name__} and never seen by '
                              f'a hook; choose another target')
-        dim = out_channels(self.module)
+        channels = out_channels(self.module)
+        block, blocks = self.opts.row_block, self.opts.row_blocks
+        if block is not None and (block >= blocks or channels % blocks):
+            raise OptionError(f'{type(self.method).__name__} on {self.name}: row_block={block} of '
+                              f'row_blocks={blocks} does not split its {channels} output '
+                              f'channels into equal blocks (row_block must be < row_blocks)')
+        dim = channels if block is None else channels // blocks
+        self.rows = (0, dim) if block is None else (block * dim, (block + 1) * dim)
+        suffix = '' if block is None else f'_block{block}'
         r = self.opts.r
         self.act = _ACTIVATIONS[self.opts.act]
         self.scale = self.opts.scale
         down = torch.empty(r, dim)
         nn.init.kaiming_uniform_(down, a=math.sqrt(5))
-        self.down_w = self.add_parameter('adapter_down_weight', down)
-        self.down_b = self.add_parameter('adapter_down_bias', torch.zeros(r))
-        self.up_w = self.add_parameter('adapter_up_weight', torch.zeros(dim, r))
-        self.up_b = self.add_parameter('adapter_up_bias', torch.zeros(dim))
+        self.down_w = self.add_parameter('adapter_down_weight' + suffix, down)
+        self.down_b = self.add_parameter('adapter_down_bias' + suffix, torch.zeros(r))
+        self.up_w = self.add_parameter('adapter_up_weight' + suffix, torch.zeros(dim, r))
+        self.up_b = self.add_parameter('adapter_up_bias' + suffix, torch.zeros(dim))
         self.handles.append(self.module.register_forward_hook(self.forward_hook))
 
     def forward_hook(self, module, args, out):
-        hidden = self.act(F.linear(out, self.down_w, self.down_b))
-        return out + F.linear(hidden, self.up_w, self.up_b) * self.scale
+        start, stop = self.rows
+        part = out if stop - start == out.shape[-1] else out[..., start:stop]
+        hidden = self.act(F.linear(part, self.down_w, self.down_b))
+        part = part + F.linear(hidden, self.up_w, self.up_b) * self.scale
+        if part.shape[-1] == out.shape[-1]:
+            return part
+        return out.slice_scatter(part.to(out.dtype), out.dim() - 1, start, stop)
 
     def merge(self):
         raise MergeError('Adapter cannot be merged: its non-linear bottleneck has no stock weight')

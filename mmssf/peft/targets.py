@@ -20,7 +20,7 @@ Roles:
 """
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from torch import nn
 
@@ -40,12 +40,15 @@ class TargetTable:
         shift_sinks: for a bias-free producer, the parameter that receives its output unchanged as
             an additive term (``module name -> (parameter name, first token index)``), so an SSF shift
             folds there at merge time.
+        cls_token: name of the class-token parameter (ViT), or None where there is none (Swin).
+            The backbone may still lack it (mmpretrain ViT with ``with_cls_token=False``).
     """
     name: str
     classes: Tuple[str, ...]
     roles: Dict[str, str]
     kind: str
     shift_sinks: Dict[str, Tuple[str, int]] = field(default_factory=dict)
+    cls_token: Optional[str] = None
 
     def role_of(self, module_name: str):
         for role, pattern in self.roles.items():
@@ -84,7 +87,8 @@ TABLES: List[TargetTable] = [
             'fc2': _VIT_LAYER + r'\.ffn\.layers\.1',
             'final_norm': r'ln1',
             'block': _VIT_LAYER,
-        }),
+        },
+        cls_token='cls_token'),
     TargetTable(
         name='mmseg VisionTransformer',
         classes=('mmseg.models.backbones.vit.VisionTransformer', ),
@@ -103,7 +107,8 @@ TABLES: List[TargetTable] = [
         },
         # patch_bias=False by default; the position embedding is added to the patch tokens
         # (token 1 onwards, after the cls token) right after the projection.
-        shift_sinks={'patch_embed.projection': ('pos_embed', 1)}),
+        shift_sinks={'patch_embed.projection': ('pos_embed', 1)},
+        cls_token='cls_token'),
     TargetTable(
         name='mmpretrain SwinTransformer',
         classes=('mmpretrain.models.backbones.swin_transformer.SwinTransformer', ),
@@ -156,3 +161,11 @@ def resolve_targets(backbone: nn.Module, table: TargetTable, pattern: str,
             f'target {pattern!r} matches no module of {table.name}. Roles: '
             f'{", ".join(table.roles)}. Module names: {", ".join(shown)}')
     return matched
+
+
+def cls_token_name(backbone: nn.Module, table: TargetTable = None):
+    """Name of ``backbone``'s class-token parameter, or None (Swin; a ViT built without one)."""
+    table = table or find_table(backbone)
+    if table.cls_token is None:
+        return None
+    return table.cls_token if table.cls_token in dict(backbone.named_parameters()) else None

@@ -1,41 +1,55 @@
-"""SPT step 2: where to tune under a parameter budget τ (papers/spt_iccv2023.txt, Sec. 3.2).
+"""SPT step 2: where to tune under a parameter budget τ (He et al., "Sensitivity-Aware Visual
+Parameter-Efficient Fine-Tuning", ICCV 2023, Sec. 3.2), with the rules of the authors' code.
 
 1. Rank every scored entry by sensitivity; take the global top-t.
-2. A weight matrix whose count of selected entries c reaches σ = (its structured module's parameter
-   cost) / α is tuned *structurally* (LoRA-r or Adapter-r on that module); any other selected entry
-   is tuned *unstructured* (a trainable delta on exactly that entry).
-3. Vectors (biases, norm weights) and matrices no structured module can wrap (Swin's relative
-   position bias table; for Adapter, modules whose output cannot be hooked — the fused attention
-   of mmseg's ViT) are only ever tuned unstructured.
+2. Candidates are the scored parameters, except that a fused q/k/v parameter (a ``qkv`` Linear's
+   weight / bias, ``nn.MultiheadAttention``'s ``in_proj_weight`` / ``in_proj_bias``) is three:
+   its q, k and v row blocks, which the official ViT keeps as separate Linears.
+3. A weight matrix (or q/k/v block of one) whose count of selected entries c reaches
+   σ = (its structured module's parameter cost) / α is tuned *structurally* (LoRA-r or Adapter-r;
+   on a block: LoRA ``r·(in + out/3)``, a ``B`` covering only its rows). A vector (bias, norm
+   weight, or q/k/v block of a fused bias) with c ≥ dim / β is tuned *whole* (counted as dim;
+   the official ``--structured_vector``, β = 5). Any other selected entry is tuned *unstructured*
+   (a trainable delta on exactly that entry). Matrices no structured module can wrap (Swin's
+   relative position bias table; for Adapter, the fused attention of mmseg's ViT) are only ever
+   tuned unstructured.
+4. The class token (ViT) is trained and counted in the budget, as the official code does
+   (``train_cls_token=False`` freezes it).
 
-The trainable count ``Σ structured cost + Σ unstructured entries`` never decreases with t, so t is
-the largest value whose count stays within τ (binary search). The remaining gap is then filled
-with the next most sensitive entries that do not open a new structured module, which brings the
-count to τ unless nothing is left to add (then t + 1 — one more structured module, above τ — is
-taken if it lands nearer); the file records the budget asked, the budget met and whether they
-agree within 1 %.
+The trainable count ``cls token + Σ structured cost + Σ whole vectors + Σ unstructured entries``
+never decreases with t, so t is the largest value whose count stays within τ (binary search). The
+remaining gap is then filled with the next most sensitive entries that do not open a new
+structured module or whole vector, which brings the count to τ unless nothing is left to add (then
+t + 1 — one more structured module, above τ — is taken if it lands nearer); the file records the
+budget asked, the budget met and whether they agree within 1 %. (The official code sweeps t in
+steps of 20k and keeps the nearest count, which can miss τ by tens of percent.)
 
 An allocation is saved as ``allocation.json`` (everything but the indices, human readable) plus
 ``allocation_indices.pth`` (plain int64 tensors: flat indices of the unstructured entries per
-parameter; loads with ``weights_only=True``). Configs point at the JSON file.
+parameter; loads with ``weights_only=True``). Configs point at the JSON file. Names of q/k/v
+blocks end in ``:q`` / ``:k`` / ``:v`` (``layers.0.attn.qkv:q``, ``layers.0.attn.qkv.bias:v``).
 """
 import json
 import math
 import os
 import os.path as osp
 from dataclasses import dataclass, field
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
-from ..hooks import host_of
-from ..targets import find_table
+from ..hooks import host_of, weight_and_bias_names
+from ..targets import cls_token_name, find_table
 from .sensitivity import scored_parameters
 
 KINDS = ('lora', 'adapter')
 INDEX_FILE = 'allocation_indices.pth'
-FORMAT_VERSION = 1
+#: version 2: q/k/v blocks, whole vectors, the class token (version-1 files must be recomputed)
+FORMAT_VERSION = 2
+#: the row blocks of a fused q/k/v parameter, in the order its rows are stacked
+QKV_BLOCKS = ('q', 'k', 'v')
+BLOCK_SEP = ':'
 #: scores ranked at first (4·τ at least); the prefix grows when the allocation needs more
 MIN_PREFIX = 1 << 20
 
@@ -66,10 +80,78 @@ def structured_unit(kind: str):
     raise ValueError(f'no registered SPT method has the structured kind {kind!r}')
 
 
-def structured_cost(module: nn.Module, kind: str, r: int) -> int:
+def structured_cost(module: nn.Module, kind: str, r: int, row_blocks: int = 1) -> int:
     """Parameters of one rank-r structured unit (LoRA-r ``r·(in + out)``, Adapter-r
-    ``2·out·r + r + out``), as the unit class declares it (``num_params``)."""
-    return structured_unit(kind).num_params(module, r)
+    ``2·out·r + r + out``, with ``out / row_blocks`` on one row block), as the unit class declares
+    it (``num_params``)."""
+    return structured_unit(kind).num_params(module, r, row_blocks=row_blocks)
+
+
+def block_name(name: str, block: Optional[int]) -> str:
+    """``name`` of a whole module / parameter, ``name:q`` (``:k``, ``:v``) of a q/k/v block."""
+    return name if block is None else f'{name}{BLOCK_SEP}{QKV_BLOCKS[block]}'
+
+
+def split_block(name: str) -> Tuple[str, Optional[int]]:
+    """``'layers.0.attn.qkv:k'`` -> ``('layers.0.attn.qkv', 1)``; a plain name -> ``(name, None)``."""
+    base, sep, block = name.rpartition(BLOCK_SEP)
+    if not sep:
+        return name, None
+    if block not in QKV_BLOCKS:
+        raise ValueError(f'{name!r}: a block name ends in one of '
+                         f'{", ".join(BLOCK_SEP + b for b in QKV_BLOCKS)}')
+    return base, QKV_BLOCKS.index(block)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What the allocation rule decides on: a scored parameter, or one q/k/v row block of a fused
+    one (``start`` / ``size``: its flat range inside the parameter)."""
+    param: str
+    start: int
+    size: int
+    block: Optional[int] = None
+    #: module a structured unit would wrap (weight matrices only)
+    module: Optional[str] = None
+    vector: bool = False
+    #: output rows of the block (``[start, stop)``), None for a whole parameter
+    rows: Optional[Tuple[int, int]] = None
+
+    @property
+    def name(self) -> str:
+        """Key in the allocation file: the module (structured) or parameter (vector)."""
+        return block_name(self.module or self.param, self.block)
+
+
+def fused_qkv_leaves(table, modules: Dict[str, nn.Module], owner: str) -> Tuple[str, ...]:
+    """Leaf names of the parameters of ``owner`` whose rows stack q, k and v."""
+    if table.role_of(owner) != 'qkv' or owner not in modules:
+        return ()
+    try:
+        return tuple(weight_and_bias_names(modules[owner]))
+    except TypeError:
+        return ()
+
+
+def candidates(backbone: nn.Module, scores: Dict[str, torch.Tensor], kind: str) -> List[Candidate]:
+    """The allocation candidates of ``scores``' parameters, in parameter order."""
+    table = find_table(backbone)
+    modules = dict(backbone.named_modules())
+    out = []
+    for name, score in scores.items():
+        owner, _, leaf = name.rpartition('.')
+        module = structured_candidate(backbone, modules, name, kind)
+        vector = score.dim() == 1
+        blocks = 3 if leaf in fused_qkv_leaves(table, modules, owner) else 1
+        if blocks == 1 or score.shape[0] % blocks:
+            out.append(Candidate(name, 0, score.numel(), module=module, vector=vector))
+            continue
+        rows = score.shape[0] // blocks
+        size = score.numel() // blocks
+        for b in range(blocks):
+            out.append(Candidate(name, b * size, size, block=b, module=module, vector=vector,
+                                 rows=(b * rows, (b + 1) * rows)))
+    return out
 
 
 def structured_candidate(backbone: nn.Module, modules: Dict[str, nn.Module], param_name: str,
@@ -99,10 +181,16 @@ class Allocation:
     Attributes:
         kind: ``'lora'`` or ``'adapter'`` (the structured module).
         rank: r of the structured modules.
-        alpha: σ divisor (paper default 10).
-        structured: ``{module name: dict(param=, params=cost, sensitive=count)}``.
+        alpha: σ divisor of the matrices (paper default 10).
+        structured: ``{module name: dict(param=, params=cost, sensitive=count)}``; a q/k/v block
+            is ``'<module>:q'`` (``:k``, ``:v``) with ``rows=[start, stop]`` of the fused output.
         unstructured: ``{param name: sorted int64 flat indices}``.
-        budget: ``dict(asked=, met=, structured=, unstructured=, within_1pct=, note=)``.
+        budget: ``dict(asked=, met=, structured=, vectors=, unstructured=, cls_token=,
+            within_1pct=, note=, top_t=)``.
+        beta: σ divisor of the vectors (official 5), None when vectors are tuned entry-wise only.
+        vectors: vectors tuned whole, ``{param name: dict(params=dim, sensitive=count)}``
+            (``'<param>:q'`` with ``rows`` for a block of a fused q/k/v bias).
+        cls_token: ``dict(param=name, params=count)`` when the class token is trained, else None.
         backbone: fingerprint (target table, class, shapes of the scored parameters).
         sensitivity: how the scores were computed (samples, seed, config ...).
         sensitive_counts: ``{param name: entries among the global top-τ}``, ``[q, k, v]`` for
@@ -118,13 +206,36 @@ class Allocation:
     sensitivity: dict = field(default_factory=dict)
     sensitive_counts: Dict[str, object] = field(default_factory=dict)
     path: Optional[str] = None
+    beta: Optional[float] = None
+    vectors: Dict[str, dict] = field(default_factory=dict)
+    cls_token: Optional[dict] = None
+
+    def vector_indices(self) -> Dict[str, torch.Tensor]:
+        """``{param name: flat indices}`` of the vectors tuned whole (whole blocks for q/k/v)."""
+        out = {}
+        for name, info in self.vectors.items():
+            param, block = split_block(name)
+            start, stop = info['rows'] if block is not None else (0, info['params'])
+            index = torch.arange(start, stop, dtype=torch.long)
+            out[param] = torch.cat([out[param], index]) if param in out else index
+        return out
+
+    def tuned_indices(self) -> Dict[str, torch.Tensor]:
+        """``{param name: sorted flat indices}`` that sparse deltas train: the unstructured
+        entries and the vectors tuned whole."""
+        out = dict(self.unstructured)
+        for param, index in self.vector_indices().items():
+            out[param] = torch.sort(torch.cat([out[param], index])).values if param in out \
+                else index
+        return out
 
     # -- files --------------------------------------------------------------------------------
     def summary(self) -> dict:
         """Plain-type description (everything but the indices)."""
         return dict(version=FORMAT_VERSION, kind=self.kind, rank=self.rank, alpha=self.alpha,
-                    budget=self.budget, backbone=self.backbone, sensitivity=self.sensitivity,
-                    structured=self.structured,
+                    beta=self.beta, budget=self.budget, backbone=self.backbone,
+                    sensitivity=self.sensitivity, cls_token=self.cls_token,
+                    structured=self.structured, vectors=self.vectors,
                     unstructured={k: int(v.numel()) for k, v in self.unstructured.items()},
                     sensitive_counts=self.sensitive_counts, indices=INDEX_FILE)
 
@@ -148,6 +259,13 @@ class Allocation:
                 f'{osp.dirname(path) or "."}`')
         with open(path) as f:
             info = json.load(f)
+        if isinstance(info, dict) and isinstance(info.get('version'), int) \
+                and info['version'] < FORMAT_VERSION:
+            raise ValueError(
+                f'{path} is an SPT allocation of format {info["version"]}, written by an older '
+                f'mmssf (before q/k/v blocks, whole vectors and the class token); this mmssf reads '
+                f'format {FORMAT_VERSION}. Recompute it: `python tools/analysis_tools/'
+                f'spt_sensitivity.py CONFIG --budget {_asked(info)} --out {osp.dirname(path) or "."}`')
         if info.get('version') != FORMAT_VERSION or info.get('kind') not in KINDS:
             raise ValueError(f'{path} is not an mmssf SPT allocation (version {FORMAT_VERSION})')
         index_path = osp.join(osp.dirname(path), info['indices'])
@@ -158,7 +276,9 @@ class Allocation:
         return cls(kind=info['kind'], rank=info['rank'], alpha=info['alpha'],
                    structured=info['structured'], unstructured=indices, budget=info['budget'],
                    backbone=info['backbone'], sensitivity=info.get('sensitivity', {}),
-                   sensitive_counts=info.get('sensitive_counts', {}), path=path)
+                   sensitive_counts=info.get('sensitive_counts', {}), path=path,
+                   beta=info.get('beta'), vectors=info.get('vectors', {}),
+                   cls_token=info.get('cls_token'))
 
     # -- checks -------------------------------------------------------------------------------
     def check_backbone(self, backbone: nn.Module) -> None:
@@ -177,10 +297,21 @@ class Allocation:
             shown = ', '.join(diff[:6]) + (f' ... ({len(diff) - 6} more)' if len(diff) > 6 else '')
             raise ValueError(f'SPT allocation{where} was made for another {mine["table"]} '
                              f'architecture: parameters differ: {shown}. Recompute it for this config')
+        wanted = self.cls_token['param'] if self.cls_token else None
+        if wanted and cls_token_name(backbone) != wanted:
+            raise ValueError(f'SPT allocation{where} trains the class token {wanted!r}, which this '
+                             f'{mine["table"]} does not have (with_cls_token=False?): recompute it '
+                             f'for this config')
+
+
+def _asked(info: dict):
+    budget = info.get('budget')
+    return budget.get('asked', '0.4M') if isinstance(budget, dict) else '0.4M'
 
 
 def allocate(scores: Dict[str, torch.Tensor], backbone: nn.Module, budget, kind: str = 'lora',
-             rank: int = 8, alpha: float = 10.0) -> Allocation:
+             rank: int = 8, alpha: float = 10.0, beta: Optional[float] = 5.0,
+             train_cls_token: bool = True) -> Allocation:
     """Allocate ``budget`` trainable parameters over ``backbone`` from sensitivity ``scores``.
 
     Args:
@@ -190,72 +321,109 @@ def allocate(scores: Dict[str, torch.Tensor], backbone: nn.Module, budget, kind:
         budget: τ, a count or a string like ``'0.4M'``.
         kind: structured module, ``'lora'`` or ``'adapter'``.
         rank: r of the structured modules.
-        alpha: σ = structured cost / alpha (paper default 10).
+        alpha: σ = structured cost / alpha for matrices (paper default 10).
+        beta: a vector is tuned whole once dim / beta of its entries are selected (official 5);
+            None: vectors are tuned entry-wise only.
+        train_cls_token: train the class token (where the backbone has one) and count it in the
+            budget, as the official code does.
 
     Raises:
         ValueError: zero / negative budget, or a budget not smaller than the tunable parameters.
     """
     if kind not in KINDS:
         raise ValueError(f'SPT kind must be one of {KINDS}, got {kind!r}')
-    if alpha < 1 or rank <= 0:
-        # (alpha < 1 would make a structured module train fewer parameters than the entries it
-        # replaces, and the trainable count would no longer grow with t)
-        raise ValueError(f'SPT needs alpha >= 1 (paper: 10) and rank > 0, got alpha={alpha}, '
-                         f'rank={rank}')
+    if alpha < 1 or rank <= 0 or (beta is not None and beta < 1):
+        # (alpha / beta < 1 would make a structured module / whole vector train fewer parameters
+        # than the entries it replaces, and the trainable count would no longer grow with t)
+        raise ValueError(f'SPT needs alpha >= 1 (paper: 10), beta >= 1 (official: 5) or None, and '
+                         f'rank > 0, got alpha={alpha}, beta={beta}, rank={rank}')
     tau = parse_budget(budget)
     names = list(scores)
-    sizes = torch.tensor([scores[n].numel() for n in names], dtype=torch.long)
-    total = int(sizes.sum())
+    cls_name = cls_token_name(backbone) if train_cls_token else None
+    cls_count = dict(backbone.named_parameters())[cls_name].numel() if cls_name else 0
+    total = sum(scores[n].numel() for n in names) + cls_count
     if tau >= total:
         raise ValueError(f'SPT budget {tau:,} is not smaller than the {total:,} parameters SPT can '
                          f'tune in this {type(backbone).__name__}: use FullFineTune instead, or a '
                          f'smaller budget')
+    if tau <= cls_count:
+        raise ValueError(f'SPT budget {tau:,} leaves nothing beside the class token '
+                         f'({cls_count:,} parameters, trained and counted as the official code '
+                         f'does): use a larger budget, or train_cls_token=False '
+                         f'(spt_sensitivity.py --freeze-cls-token)')
     modules = dict(backbone.named_modules())
-    owners = [structured_candidate(backbone, modules, n, kind) for n in names]
-    eligible = torch.tensor([o is not None for o in owners])
-    cost = torch.tensor([structured_cost(modules[o], kind, rank) if o else 0 for o in owners],
-                        dtype=torch.float64)
-    sigma = torch.where(eligible, cost / alpha, torch.full_like(cost, float('inf')))
+    cands = candidates(backbone, scores, kind)
+    param_sizes = torch.tensor([scores[n].numel() for n in names], dtype=torch.long)
+    param_starts = torch.cumsum(param_sizes, 0) - param_sizes
+    first = dict(zip(names, param_starts.tolist()))
+    starts = torch.tensor([first[c.param] + c.start for c in cands], dtype=torch.long)
+    cost, sigma = [], []
+    for c in cands:
+        if c.module:
+            blocks = 1 if c.block is None else len(QKV_BLOCKS)
+            cost.append(structured_cost(modules[c.module], kind, rank, blocks))
+            sigma.append(cost[-1] / alpha)
+        elif c.vector and beta is not None:
+            cost.append(c.size)
+            sigma.append(c.size / beta)
+        else:
+            cost.append(0)
+            sigma.append(float('inf'))
+    cost = torch.tensor(cost, dtype=torch.float64)
+    sigma = torch.tensor(sigma, dtype=torch.float64)
 
     flat = torch.cat([scores[n].detach().reshape(-1).float() for n in names])
-    starts = torch.cumsum(sizes, 0) - sizes
-    k = max(4 * tau, MIN_PREFIX)
+    tau_entries = tau - cls_count
+    k = max(4 * tau_entries, MIN_PREFIX)
     while True:  # rank only a prefix (a full sort of a ViT-B's 85M scores is slow); grow if short
         order, complete = ranked_prefix(flat, k)
         seg = seg_of(order, starts)
-        picked = _select(order, complete, seg, tau, cost, sigma, starts)
+        picked = _select(order, complete, seg, tau_entries, cost, sigma, starts)
         if picked is not None:
             break
         k *= 4
     del flat
-    lo, met, counts, structured, chosen = picked
+    lo, met, counts, whole, chosen = picked
 
     selected = torch.sort(torch.cat(chosen)).values
-    sel_seg = seg_of(selected, starts)
-    keep = ~structured[sel_seg]
-    selected, sel_seg = selected[keep], sel_seg[keep]
-    per_param = torch.bincount(sel_seg, minlength=len(names))
+    selected = selected[~whole[seg_of(selected, starts)]]
+    sel_param = seg_of(selected, param_starts)
+    per_param = torch.bincount(sel_param, minlength=len(names))
     unstructured, offset = {}, 0
     for i, name in enumerate(names):
         n = int(per_param[i])
         if n:
-            unstructured[name] = (selected[offset:offset + n] - starts[i]).clone()
+            unstructured[name] = (selected[offset:offset + n] - param_starts[i]).clone()
         offset += n
-    structured_modules = {
-        owners[i]: dict(param=names[i].rpartition('.')[2], params=int(cost[i]),
-                        sensitive=int(counts[i])) for i in range(len(names)) if structured[i]}
-    sensitive = sensitive_counts(order[:tau], seg[:tau], starts, names, backbone)
+    structured_modules, vectors = {}, {}
+    for i, c in enumerate(cands):
+        if not whole[i]:
+            continue
+        info = dict(params=int(cost[i]), sensitive=int(counts[i]))
+        if c.rows is not None:
+            info['rows'] = list(c.rows)
+        if c.module:
+            structured_modules[c.name] = dict(param=c.param.rpartition('.')[2], **info)
+        else:
+            vectors[c.name] = info
+    sensitive = sensitive_counts(order[:tau_entries], seg_of(order[:tau_entries], param_starts),
+                                 param_starts, names, backbone)
     n_struct = sum(v['params'] for v in structured_modules.values())
+    n_vec = sum(v['params'] for v in vectors.values())
     n_unstruct = sum(int(v.numel()) for v in unstructured.values())
-    assert n_struct + n_unstruct == met
+    assert n_struct + n_vec + n_unstruct == met
+    met += cls_count
     within = abs(met - tau) <= 0.01 * tau
     note = 'within 1% of the budget asked' if within else (
-        'nearest achievable: every further entry would open a structured module beyond the '
-        'budget, or nothing is left to tune')
+        'nearest achievable: every further entry would open a structured module or whole vector '
+        'beyond the budget, or nothing is left to tune')
     return Allocation(
-        kind=kind, rank=rank, alpha=alpha, structured=structured_modules, unstructured=unstructured,
-        budget=dict(asked=tau, met=met, structured=n_struct, unstructured=n_unstruct,
-                    within_1pct=within, note=note, top_t=lo),
+        kind=kind, rank=rank, alpha=alpha, beta=beta, structured=structured_modules,
+        vectors=vectors, unstructured=unstructured,
+        cls_token=dict(param=cls_name, params=cls_count) if cls_name else None,
+        budget=dict(asked=tau, met=met, structured=n_struct, vectors=n_vec,
+                    unstructured=n_unstruct, cls_token=cls_count, within_1pct=within, note=note,
+                    top_t=lo),
         backbone=backbone_fingerprint(backbone),
         sensitive_counts=sensitive)
 
@@ -297,7 +465,12 @@ def ranked_prefix(flat: torch.Tensor, k: int):
 
 
 def _select(order, complete, seg, tau, cost, sigma, starts):
-    """Top-t plus the budget fill over a ranked prefix; None when the prefix is too short."""
+    """Top-t plus the budget fill over a ranked prefix; None when the prefix is too short.
+
+    ``seg`` / ``starts``: the candidate of each ranked entry / the candidates' first flat indices;
+    a candidate with ``c >= sigma`` selected entries costs ``cost`` (a structured module or a
+    whole vector), otherwise ``c``. Returns ``(t, count, c per candidate, whole per candidate,
+    chosen entries)``."""
     num = len(cost)
     available = len(order)
     if not complete and available < tau:
@@ -326,7 +499,8 @@ def _select(order, complete, seg, tau, cost, sigma, starts):
     met, counts, structured = trainable_at(lo)
     chosen = [order[:lo]]
 
-    # Fill the rest with the next entries that stay unstructured (never open a new module).
+    # Fill the rest with the next entries that stay unstructured (never open a new module or
+    # make a vector whole).
     pos, gap = lo, tau - met
     chunk = max(4 * gap, 1 << 16)
     while gap > 0 and pos < available:

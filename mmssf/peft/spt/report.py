@@ -45,6 +45,19 @@ def _share(part, whole):
     return 100.0 * part / whole if whole else 0.0
 
 
+def _blocks(structured) -> str:
+    """``'3 q, 1 k, 2 v blocks, 5 whole matrices'``."""
+    counts = {}
+    for name in structured:
+        block = name.rpartition(':')[2] if ':' in name else 'whole'
+        counts[block] = counts.get(block, 0) + 1
+    parts = [f'{counts[b]} {b}' for b in ('q', 'k', 'v') if b in counts]
+    text = ', '.join(parts) + (' blocks' if parts else '')
+    if 'whole' in counts:
+        text += (', ' if parts else '') + f'{counts["whole"]} whole matrices'
+    return text or 'none'
+
+
 def format_summary(alloc, table: TargetTable) -> str:
     """The summary table printed by ``spt_sensitivity.py``."""
     b = alloc.budget
@@ -52,13 +65,24 @@ def format_summary(alloc, table: TargetTable) -> str:
         f'SPT-{alloc.kind} allocation for {alloc.backbone["table"]} '
         f'(rank {alloc.rank}, alpha {alloc.alpha:g})',
         f'budget asked {b["asked"]:,} | met {b["met"]:,} ({b["note"]})',
-        f'  structured   {b["structured"]:>10,} params in {len(alloc.structured)} modules',
+        f'  structured   {b["structured"]:>10,} params in {len(alloc.structured)} modules '
+        f'({_blocks(alloc.structured)})',
+        f'  whole vectors{b.get("vectors", 0):>10,} params in {len(alloc.vectors)} vectors '
+        f'(beta {alloc.beta})',
         f'  unstructured {b["unstructured"]:>10,} params in {len(alloc.unstructured)} tensors',
+        f'  class token  {b.get("cls_token", 0):>10,} params'
+        + ('' if alloc.cls_token else ' (frozen or none)'),
     ]
     if alloc.sensitivity:
         s = alloc.sensitivity
         lines.append(f'sensitivity: {s.get("samples")} samples ({s.get("samples_asked")} asked), '
                      f'{s.get("batches")} batches, seed {s.get("seed")}')
+        if s.get('pipeline'):
+            steps = ' -> '.join(t.get('type', '?') for t in s['pipeline'] if isinstance(t, dict))
+            loss = s.get('loss', {}).get('used')
+            lines.append(f'  fed: {s.get("data")} ({steps}); batch augments removed: '
+                         f'{", ".join(s.get("batch_augments_removed") or []) or "none"}; '
+                         f'loss: {loss if isinstance(loss, str) else "as configured"}')
     per_block, per_op = patterns(alloc.sensitive_counts, table)
     whole = sum(per_block.values())
     lines.append(f'share of the top-{b["asked"]:,} sensitive parameters per block:')
@@ -69,6 +93,10 @@ def format_summary(alloc, table: TargetTable) -> str:
         lines.append('structured modules:')
         lines += [f'  {name} ({v["param"]}): {v["params"]:,} params, {v["sensitive"]:,} sensitive'
                   for name, v in alloc.structured.items()]
+    if alloc.vectors:
+        lines.append('vectors tuned whole:')
+        lines += [f'  {name}: {v["params"]:,} params, {v["sensitive"]:,} sensitive'
+                  for name, v in alloc.vectors.items()]
     return '\n'.join(lines)
 
 

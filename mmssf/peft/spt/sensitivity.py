@@ -1,4 +1,5 @@
-"""SPT step 1: task-specific parameter sensitivity (papers/spt_iccv2023.txt, Algorithm 1).
+"""SPT step 1: task-specific parameter sensitivity (He et al., "Sensitivity-Aware Visual Parameter-Efficient
+Fine-Tuning", ICCV 2023, Algorithm 1).
 
 ``s_n = Σ_batches g_n²`` for every scored backbone parameter, from one forward + backward per
 mini-batch of the task's own training data (no per-sample gradients). The forward runs in eval
