@@ -31,6 +31,9 @@ def trainable_with_head(backbone, arch):
     ('swin_b', dict(type='Linear'), 102_500),
     ('swin_b', dict(type='SSF'), 369_764),
     ('swin_b', dict(type='SSF', patch_merging=True), 376_932),
+    # VPT on Swin: shallow p x 128, deep p x (width of each block) summed over the 24 blocks
+    ('swin_b', dict(type='VPTShallow', num_prompts=200), 128_100),
+    ('swin_b', dict(type='VPTDeep', num_prompts=50), 704_100),
 ])
 def test_published_counts(full_models, arch, cfg, expected):
     backbone = full_models[arch]()
