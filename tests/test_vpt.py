@@ -211,7 +211,8 @@ def test_swin_prompts_are_tokens_through_mlp_and_merging(name):
     seen = {}
     for n, m in model.named_modules():
         if n.endswith('ffn') or n.endswith('downsample.reduction'):
-            m.register_forward_pre_hook(lambda mod, args, n=n: seen.__setitem__(n, args[0].shape[1]))
+            m.register_forward_pre_hook(
+                lambda mod, args, n=n: seen.__setitem__(n, args[0].shape[1]))
     hw_seen = {}
     for n, m in model.named_modules():
         if n.endswith('.attn') and '.blocks.' in n:
@@ -289,3 +290,25 @@ def test_swin_deep_on_some_blocks_carries_prompts_through_the_others():
         maps, pooled = official_swin_vpt(stock, img, {'stages.0.blocks.0': prompt}, 2, deep=False)
     torch.testing.assert_close(got[0], maps[0], atol=1e-5, rtol=0)
     torch.testing.assert_close(got[1].mean((2, 3)), pooled[1], atol=1e-5, rtol=0)
+
+
+def test_swin_deepcopy_is_independent_and_checkpointing_gives_same_gradients():
+    """EMA hooks deep-copy the model; ``with_cp`` re-runs every block's hooks in backward."""
+    plain, size = build_backbone('mmpretrain_swin')
+    ckpt, _ = build_backbone('mmpretrain_swin', with_cp=True)
+    for model in (plain, ckpt):
+        apply_peft(model, dict(type='VPTDeep', num_prompts=3))
+    ckpt.load_state_dict(plain.state_dict())
+    img = torch.randn(2, 3, *size)
+    for model in (plain, ckpt):
+        sum(o.square().mean() for o in flatten_outputs(model(img))).backward()
+    for (name, a), b in zip(plain.named_parameters(), ckpt.parameters()):
+        if a.requires_grad:
+            torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-5, msg=name)
+
+    copied = copy.deepcopy(plain)
+    with torch.no_grad():
+        before = flatten_outputs(plain(img))
+        copied.stages[0].blocks[0].vpt_prompt.add_(torch.randn(3, 32))
+        assert all(torch.equal(a, b) for a, b in zip(before, flatten_outputs(plain(img))))
+        assert (flatten_outputs(copied(img))[0] - before[0]).abs().max() > 1e-3
