@@ -51,8 +51,12 @@ COUNTED = {
     'BitFit': [('vit_b', dict(type='BitFit'), 179_812)],
     'SSF': [('vit_b', dict(type='SSF'), 282_724), ('swin_b', dict(type='SSF'), 369_764),
             ('swin_b', dict(type='SSF', patch_merging=True), 376_932)],
-    'VPTShallow': [('vit_b', dict(type='VPTShallow', num_prompts=200), 230_500)],
-    'VPTDeep': [('vit_b', dict(type='VPTDeep', num_prompts=50), 537_700)],
+    # VPT on Swin: shallow p x 128, deep p x (width of each block) summed over the 24 blocks
+    'VPTShallow': [('vit_b', dict(type='VPTShallow', num_prompts=200), 230_500),
+                   ('swin_b', dict(type='VPTShallow', num_prompts=200), 200 * 128 + HEAD['swin_b'])],
+    'VPTDeep': [('vit_b', dict(type='VPTDeep', num_prompts=50), 537_700),
+                ('swin_b', dict(type='VPTDeep', num_prompts=50),
+                 50 * sum(c * d for c, d in zip(SWIN_B['dims'], SWIN_B['depths'])) + HEAD['swin_b'])],
     'RLRR': [('vit_b', dict(type='RLRR'), 365_668),  # official (zstarN70/RLRR)
              ('vit_b', dict(type='RLRR'), rlrr_vit_official()),
              ('swin_b', dict(type='RLRR', patch_merging=True), 460_644),  # official positions

@@ -1,14 +1,20 @@
 """How a unit reaches into a stock module without renaming or replacing it.
 
-Two mechanisms, both removable without trace (merge leaves the stock module):
+Three mechanisms, all removable without trace (merge / unapply leave the stock module):
 
-* output hooks (``module.register_forward_hook``) for methods that act on a module's output
-  (SSF after a Linear / norm, LoRA and Adapter);
+* forward hooks (``module.register_forward_pre_hook`` / ``register_forward_hook``) for methods
+  that act on a module's input or output (SSF after a Linear / norm, LoRA, Adapter, VPT's prompt
+  tokens around blocks, patch merging and norms);
 * weight transforms for methods that re-parameterize a weight (RLRR, sparse deltas), and for
   modules whose output cannot be hooked: ``nn.MultiheadAttention``'s fused in-projection is no
   submodule, and its ``out_proj`` is applied functionally (``F.linear(x, out_proj.weight, ...)``),
   so hooks on it never fire. Before the *host*'s forward (the module that is actually called) the
-  owner's parameters are swapped for the effective tensors; afterwards the originals go back.
+  owner's parameters are swapped for the effective tensors; afterwards the originals go back;
+* forward replacement (:func:`replace_forward`), the last resort for a computation that neither
+  hooks nor weights can express (VPT's window attention over extra prompt tokens, which need their
+  own rows / columns of the relative-position bias and mask). The module keeps its class, its
+  parameters and its hooks; only what its call computes changes, and the replacement receives
+  the stock forward to fall back on. ``handle.remove()`` restores the stock forward.
 """
 from typing import Callable, Dict
 
@@ -88,3 +94,61 @@ def remove_weight_transform(host: nn.Module, owner: nn.Module, key: str) -> None
         for h in swap.handles:
             h.remove()
         del host.__dict__[_SWAP_ATTR]
+
+
+# -- forward replacement ------------------------------------------------------------------------
+ForwardFn = Callable[..., object]
+
+
+class _ReplacedForward:
+    """Stands in ``module.__dict__['forward']``: ``module(...)`` still runs every hook, then this.
+
+    A plain object (not a closure) so that ``copy.deepcopy`` of the model (EMA hooks) copies the
+    replacement with the module and the unit whose bound method ``fn`` usually is.
+    """
+
+    def __init__(self, module: nn.Module, fn: ForwardFn, previous):
+        self.module, self.fn, self.previous = module, fn, previous
+
+    def stock_forward(self, *args, **kwargs):
+        if self.previous is not None:
+            return self.previous(*args, **kwargs)
+        return type(self.module).forward(self.module, *args, **kwargs)
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(self.module, self.stock_forward, *args, **kwargs)
+
+
+class ForwardHandle:
+    """Returned by :func:`replace_forward`; ``remove()`` restores the forward it replaced."""
+
+    def __init__(self, replacement: _ReplacedForward):
+        self.replacement = replacement
+
+    def remove(self):
+        rep = self.replacement
+        if rep is None:
+            return
+        if rep.module.__dict__.get('forward') is rep:
+            if rep.previous is None:
+                del rep.module.__dict__['forward']
+            else:
+                rep.module.__dict__['forward'] = rep.previous
+        self.replacement = None
+
+
+def replace_forward(module: nn.Module, fn: ForwardFn) -> ForwardHandle:
+    """Make ``module(*args, **kwargs)`` compute ``fn(module, stock_forward, *args, **kwargs)``.
+
+    ``stock_forward(*args, **kwargs)`` is the forward being replaced (the class's, or an instance
+    forward set before), so ``fn`` can fall back to it. Pre- and post-hooks of ``module`` keep
+    running around ``fn``. One replacement per module: a second one raises ``ValueError`` (two
+    methods or two targets reach the same module).
+    """
+    current = module.__dict__.get('forward')
+    if isinstance(current, _ReplacedForward):
+        raise ValueError(f'{type(module).__name__} already has a replaced forward: two methods or '
+                         f'two targets reach the same module')
+    replacement = _ReplacedForward(module, fn, current)
+    module.__dict__['forward'] = replacement
+    return ForwardHandle(replacement)

@@ -15,8 +15,17 @@ Roles:
     out_norm          the norms on the output stages (Swin ``norm{i}``)
     merge_norm        the norm in Swin patch merging
     merge_reduction   the bias-free Linear in Swin patch merging
-    block             a ViT encoder layer (VPT inserts prompts around it)
+    block             a ViT encoder layer / a Swin block (VPT inserts prompts around it)
     window_attn       a Swin window attention (VPT shares prompts across its windows)
+
+Swin token flow (VPT carries prompt tokens through these; see "Swin token-flow facts" below):
+    stage             a Swin stage (blocks, then an optional patch merging)
+    shift_window_attn a block's ShiftWindowMSA: called as ``(tokens, hw_shape)``; pads, shifts and
+                      partitions the map into windows for ``window_attn``
+    shift_window_drop the DropPath that ends ShiftWindowMSA (``(tokens,)``, the un-windowed map)
+    patch_merging     a stage's PatchMerging: called as ``(tokens, hw_shape)``; pads, unfolds (an
+                      ``nn.Unfold``: channel-major, ``c * kernel_area + position``), then
+                      ``merge_norm`` (when present) and ``merge_reduction`` see the token sequence
 """
 import re
 from dataclasses import dataclass, field
@@ -49,6 +58,9 @@ class TargetTable:
     kind: str
     shift_sinks: Dict[str, Tuple[str, int]] = field(default_factory=dict)
     cls_token: Optional[str] = None
+    #: the last stage's output map feeds a classifier's global average pool (mmpretrain); dense
+    #: backbones (mmdet, mmseg) feed their maps to dense heads
+    pooled_output: bool = False
 
     def role_of(self, module_name: str):
         for role, pattern in self.roles.items():
@@ -70,6 +82,12 @@ SWIN_ROLES = {
     'merge_reduction': r'stages\.\d+\.downsample\.reduction',
     'out_norm': r'norm\d+',
     'window_attn': _SWIN_BLOCK + r'\.attn\.w_msa',
+    # token flow (VPT)
+    'block': _SWIN_BLOCK,
+    'stage': r'stages\.\d+',
+    'shift_window_attn': _SWIN_BLOCK + r'\.attn',
+    'shift_window_drop': _SWIN_BLOCK + r'\.attn\.drop',
+    'patch_merging': r'stages\.\d+\.downsample',
 }
 
 TABLES: List[TargetTable] = [
@@ -112,7 +130,7 @@ TABLES: List[TargetTable] = [
     TargetTable(
         name='mmpretrain SwinTransformer',
         classes=('mmpretrain.models.backbones.swin_transformer.SwinTransformer', ),
-        kind='swin', roles=SWIN_ROLES),
+        kind='swin', roles=SWIN_ROLES, pooled_output=True),
     TargetTable(
         name='mmdet SwinTransformer',
         classes=('mmdet.models.backbones.swin.SwinTransformer', ),
@@ -122,6 +140,30 @@ TABLES: List[TargetTable] = [
         classes=('mmseg.models.backbones.swin.SwinTransformer', ),
         kind='swin', roles=SWIN_ROLES),
 ]
+
+
+# -- Swin token-flow facts (VPT) -----------------------------------------------------------------
+# The three Swin implementations share the module layout above. Their stage outputs reach
+# ``norm{i}`` (one per output stage ``i``) and are then reshaped to ``B x C x H x W``: mmpretrain
+# before the stage's patch merging (or after it with ``out_after_downsample``), mmdet / mmseg
+# before it (the stage returns both). Window padding happens inside ShiftWindowMSA (after norm1),
+# patch-merging padding inside PatchMerging (before the unfold).
+
+
+def swin_stage_of(module_name: str) -> int:
+    """Stage index of a Swin module name (``stages.2.blocks.1...`` -> 2, ``norm3`` -> 3)."""
+    match = re.match(r'(?:stages\.|norm)(\d+)', module_name)
+    if match is None:
+        raise ValueError(f'{module_name!r} is no Swin stage / block / output-norm name')
+    return int(match.group(1))
+
+
+def module_in(backbone: nn.Module, table: TargetTable, role: str, prefix: str):
+    """The ``(name, module)`` of ``role`` inside the module named ``prefix``, or ``None``."""
+    for name, module in backbone.named_modules():
+        if name.startswith(prefix + '.') and re.fullmatch(table.roles[role], name):
+            return name, module
+    return None
 
 
 def supported_backbones() -> List[str]:
