@@ -15,8 +15,8 @@ every method, as a ratio to full fine-tuning:
   run two training steps, report the peak RSS: ``VmHWM``, which is ``ru_maxrss`` without the
   parent's share that Linux carries across fork + exec), and the part of it above the RSS right
   after the model was built (what training added);
-* for the mergeable methods (BitFit, SSF, LoRA, RLRR): eval-mode inference time of the merged
-  backbone (``get_peft(backbone).merge(backbone)``) over a freshly built stock backbone.
+* for the mergeable methods (BitFit, SSF, LoRA, RLRR, DoRA, SNELL): eval-mode inference time of
+  the merged backbone (``get_peft(backbone).merge(backbone)``) over a freshly built stock backbone.
 
 Timings never go into unit tests; this script is the place for them. Usage::
 
@@ -58,8 +58,11 @@ METHODS = collections.OrderedDict([
     ('lora', ('LoRA (qkv, r=8)', dict(type='LoRA'), None)),
     ('adapter', ('Adapter (fc2, r=8)', dict(type='Adapter'), None)),
     ('rlrr', ('RLRR', dict(type='RLRR'), None)),
+    ('dora', ('DoRA (qkv, r=8)', dict(type='DoRA'), None)),
+    ('snell', ('SNELL-8 (all block Linears, s=0.9)', dict(type='SNELL'), None)),
+    ('mona', ('Mona (bottleneck 64)', dict(type='Mona'), None)),
 ])
-MERGEABLE = ('bitfit', 'ssf', 'lora', 'rlrr')
+MERGEABLE = ('bitfit', 'ssf', 'lora', 'rlrr', 'dora', 'snell')
 MODELS = collections.OrderedDict([('vit', 'ViT-B/16'), ('swin', 'Swin-T')])
 NUM_CLASSES = 100
 IMG = 224
@@ -70,6 +73,7 @@ GOALS = {
     'ssf': [('mem', 'mem <= 0.55', lambda r: r <= 0.55), ('time', 'time <= 0.65', lambda r: r <= 0.65)],
     'lora': [('mem', 'mem < 1', lambda r: r < 1.0), ('time', 'time < 1', lambda r: r < 1.0)],
     'rlrr': [('mem', 'mem < 1', lambda r: r < 1.0), ('time', 'time < 1', lambda r: r < 1.0)],
+    'snell': [('mem', 'mem < 1', lambda r: r < 1.0)],
 }
 MERGE_TOL = 0.05  # merged / stock inference time counts as 1.00 within +-5 % (timing noise)
 
