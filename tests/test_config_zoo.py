@@ -272,7 +272,7 @@ def test_cifar100_models_build_without_weights(cifar_report):
         if prefix(path) == 'full':
             assert trainable == total
         else:
-            assert 0 < trainable < total / 100
+            assert 0 < trainable < total / 20  # (Mona on Swin-B: 4.2 %)
 
 
 # the papers' counts (METHODS.md), 100-class head included
