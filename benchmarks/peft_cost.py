@@ -60,6 +60,8 @@ METHODS = collections.OrderedDict([
     ('rlrr', ('RLRR', dict(type='RLRR'), None)),
     ('dora', ('DoRA (qkv, r=8)', dict(type='DoRA'), None)),
     ('snell', ('SNELL-8 (all block Linears, s=0.9)', dict(type='SNELL'), None)),
+    ('snell_dense', ('SNELL-8 storing ΔW (effective weights, reference)', dict(type='SNELL'),
+                     'dense')),
     ('mona', ('Mona (bottleneck 64)', dict(type='Mona'), None)),
 ])
 MERGEABLE = ('bitfit', 'ssf', 'lora', 'rlrr', 'dora', 'snell')
@@ -149,6 +151,19 @@ def naive_ssf(method):
         unit.handles = [unit.module.register_forward_hook(hook)]
 
 
+def dense_snell(method):
+    """SNELL with its update applied as an effective weight ``W + ΔWˢ`` on every Linear (what
+    autograd then keeps: the paper's "SNELL storing ΔW", Fig. 3b), instead of the recomputing
+    hook."""
+    for unit in method.units:
+        if unit.reparam:
+            continue
+        for handle in unit.handles:
+            handle.remove()
+        unit.handles = []
+        unit.add_weight_transform('snell', ('weight', ), unit.reparameterize)
+
+
 def build_trainer(model: str, method: str, seed: int = 0):
     """(classifier in train mode, AdamW over its trainable parameters)."""
     from mmssf.peft import apply_peft
@@ -157,6 +172,8 @@ def build_trainer(model: str, method: str, seed: int = 0):
     peft = apply_peft(backbone, dict(cfg))
     if variant == 'naive':
         naive_ssf(peft)
+    elif variant == 'dense':
+        dense_snell(peft)
     torch.manual_seed(seed + 1)
     clf = Classifier(backbone)  # the head always trains
     clf.train()
