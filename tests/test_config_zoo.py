@@ -29,8 +29,8 @@ from runner_utils import PY, ROOT
 
 ZOO = osp.join(ROOT, 'configs')
 COUNT_TOOL = 'tools/analysis_tools/count_params.py'
-METHOD_FOLDERS = ('ssf', 'vpt', 'lora', 'adapter', 'bitfit', 'rlrr', 'spt', 'linear', 'full', 'dora',
-                  'snell', 'mona')
+METHOD_FOLDERS = ('ssf', 'vpt', 'lora', 'adapter', 'bitfit', 'rlrr', 'spt', 'linear', 'full',
+                  'dora', 'snell', 'mona')
 NOT_METHOD_FOLDERS = ('_base_', 'demo')  # shared stock bases; the `make demo` configs
 # config name prefix -> accepted peft types
 PEFT_OF_PREFIX = {

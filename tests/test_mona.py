@@ -135,7 +135,8 @@ def test_default_targets_are_every_block(backbone_name):
     names = [u.name for u in method.units]
     expected = 3 if 'swin' in backbone_name else 2  # conftest: Swin depths (2, 1), ViT 2 layers
     assert len(names) == expected
-    assert all(n.startswith('layers.') if 'vit' in backbone_name else '.blocks.' in n for n in names)
+    vit = 'vit' in backbone_name
+    assert all(n.startswith('layers.') if vit else '.blocks.' in n for n in names)
 
 
 def test_swin_gradient_checkpointing_changes_nothing():
@@ -170,3 +171,14 @@ def test_swin_b_trains_under_five_percent():
     method = apply_peft(backbone, dict(type='Mona'))
     assert method.num_trainable(backbone) == mona_formula('swin_b') - HEAD['swin_b']
     assert method.num_trainable(backbone) / total < 0.05
+
+
+def test_trains_under_autocast():
+    model, size = build_backbone('mmdet_swin')
+    apply_peft(model, dict(type='Mona', r=8))
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        outs = flatten_outputs(model(torch.randn(2, 3, *size)))
+        loss = sum(o.float().square().mean() for o in outs)
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)

@@ -49,7 +49,8 @@ def snell_formula(r, arch):
         return r * (3 * (c + c) + (c + c) + (c + 4 * c) + (4 * c + c))
     if arch == 'vit_b':
         return LAYERS * block(D) + HEAD['vit_b']
-    return sum(depth * block(c) for c, depth in zip(SWIN_B['dims'], SWIN_B['depths'])) + HEAD['swin_b']
+    stages = zip(SWIN_B['dims'], SWIN_B['depths'])
+    return sum(depth * block(c) for c, depth in stages) + HEAD['swin_b']
 
 
 def mona_formula(arch, m=64):

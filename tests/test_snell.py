@@ -72,7 +72,10 @@ def test_each_block_keeps_its_own_share_of_entries(mode, sparsity):
     unit = next(u for u in method.units if u.role == 'qkv')
     blocks = unit.delta().detach().view(3, -1)
     n = blocks.shape[1]
-    kept = n - math.floor(sparsity * (n - 1)) - 1 if mode == 'official' else n - math.ceil(sparsity * n)
+    if mode == 'official':
+        kept = n - math.floor(sparsity * (n - 1)) - 1
+    else:
+        kept = n - math.ceil(sparsity * n)
     assert [int((b != 0).sum()) for b in blocks] == [kept] * 3
 
 
@@ -175,3 +178,16 @@ def test_regularisation_where_no_hook_sees_the_linear_is_an_error():
     fresh, _ = build_backbone('mmseg_vit')
     apply_peft(fresh, dict(type='SNELL', targets={'qkv': None, 'proj': None,
                                                   'fc1': dict(dropout=0.1, drop_path=0.1)}))
+
+
+def test_trains_under_autocast():
+    """bf16 autocast on CPU: the update follows the stock Linear's output dtype; the factors get
+    float32 gradients."""
+    model, size = build_backbone('mmpretrain_vit')
+    apply_peft(model, dict(type='SNELL', r=4))
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        loss = sum(o.float().square().mean() for o in model(torch.randn(2, 3, *size)))
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert grads and all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all()
+                         and g.abs().sum() > 0 for g in grads)

@@ -157,7 +157,8 @@ class SNELLUnit(PeftUnit):
         scale=Option(0.1, float, min=0, min_exclusive=True,
                      doc='|α_p| of the piecewise-linear kernel (official 0.1)'),
         qkv_blocks=Option(3, int, choices=(1, 3),
-                          doc='independent updates on a fused qkv (3: q, k, v as the official code)'),
+                          doc='independent updates on a fused qkv (3: q, k, v as the official '
+                              'code)'),
         dropout=Option(0.0, float, min=0, max=0.999,
                        doc='dropout on the update\'s input (official 0.1, not on proj)'),
         drop_path=Option(0.0, float, min=0, max=0.999,
@@ -182,7 +183,8 @@ class SNELLUnit(PeftUnit):
             raise OptionError(f'SNELL on {self.name}: qkv_blocks={blocks} does not divide its '
                               f'{fan_out} output rows')
         self.blocks, self.fan_in, self.fan_out = blocks, fan_in, fan_out
-        self.sparsity, self.mode, self.scale = self.opts.sparsity, self.opts.sparsify, self.opts.scale
+        self.sparsity, self.mode = self.opts.sparsity, self.opts.sparsify
+        self.scale = self.opts.scale
         self.dropout, self.drop_path = self.opts.dropout, self.opts.drop_path
         width = r // PIECES
         # kaiming-uniform (a = √5) of the official (P, n, r / P) tensors: U(±1 / √(n · r / P))
