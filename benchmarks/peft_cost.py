@@ -15,8 +15,8 @@ every method, as a ratio to full fine-tuning:
   run two training steps, report the peak RSS: ``VmHWM``, which is ``ru_maxrss`` without the
   parent's share that Linux carries across fork + exec), and the part of it above the RSS right
   after the model was built (what training added);
-* for the mergeable methods (BitFit, SSF, LoRA, RLRR): eval-mode inference time of the merged
-  backbone (``get_peft(backbone).merge(backbone)``) over a freshly built stock backbone.
+* for the mergeable methods (BitFit, SSF, LoRA, RLRR, DoRA, SNELL): eval-mode inference time of
+  the merged backbone (``get_peft(backbone).merge(backbone)``) over a freshly built stock backbone.
 
 Timings never go into unit tests; this script is the place for them. Usage::
 
@@ -55,7 +55,9 @@ KEYS = {'FullFineTune': 'full', 'LinearProbe': 'linear', 'VPTShallow': 'vpt_shal
 LABELS = {'full': 'Full fine-tuning', 'linear': 'Linear probe', 'vpt_shallow': 'VPT-shallow (200 prompts)',
           'vpt_deep': 'VPT-deep (50 prompts)', 'lora': 'LoRA (qkv, r=8)', 'adapter': 'Adapter (fc2, r=8)',
           'ssf_naive': 'SSF (naive hook, reference)', 'bitfit': 'BitFit', 'ssf': 'SSF', 'rlrr': 'RLRR',
-          'dora': 'DoRA (qkv, r=8)'}
+          'dora': 'DoRA (qkv, r=8)', 'snell': 'SNELL-8 (all block Linears, s=0.9)',
+          'snell_dense': 'SNELL-8 storing ΔW (effective weights, reference)',
+          'mona': 'Mona (bottleneck 64)'}
 
 
 def _builds_from_defaults(cls) -> bool:
@@ -77,6 +79,8 @@ def registry_methods():
         rows[key] = (LABELS.get(key, cls.__name__), dict(type=cls.__name__), None)
         if key == 'ssf':
             rows['ssf_naive'] = (LABELS['ssf_naive'], dict(type='SSF'), 'naive')
+        if key == 'snell':
+            rows['snell_dense'] = (LABELS['snell_dense'], dict(type='SNELL'), 'dense')
     return rows
 
 
@@ -94,6 +98,7 @@ GOALS = {
     'ssf': [('mem', 'mem <= 0.55', lambda r: r <= 0.55), ('time', 'time <= 0.65', lambda r: r <= 0.65)],
     'lora': [('mem', 'mem < 1', lambda r: r < 1.0), ('time', 'time < 1', lambda r: r < 1.0)],
     'rlrr': [('mem', 'mem < 1', lambda r: r < 1.0), ('time', 'time < 1', lambda r: r < 1.0)],
+    'snell': [('mem', 'mem < 1', lambda r: r < 1.0)],
 }
 MERGE_TOL = 0.05  # merged / stock inference time counts as 1.00 within +-5 % (timing noise)
 
@@ -169,6 +174,19 @@ def naive_ssf(method):
         unit.handles = [unit.module.register_forward_hook(hook)]
 
 
+def dense_snell(method):
+    """SNELL with its update applied as an effective weight ``W + ΔWˢ`` on every Linear (what
+    autograd then keeps: the paper's "SNELL storing ΔW", Fig. 3b), instead of the recomputing
+    hook."""
+    for unit in method.units:
+        if unit.reparam:
+            continue
+        for handle in unit.handles:
+            handle.remove()
+        unit.handles = []
+        unit.add_weight_transform('snell', ('weight', ), unit.reparameterize)
+
+
 def build_trainer(model: str, method: str, seed: int = 0):
     """(classifier in train mode, AdamW over its trainable parameters)."""
     from mmssf.peft import apply_peft
@@ -177,6 +195,8 @@ def build_trainer(model: str, method: str, seed: int = 0):
     peft = apply_peft(backbone, dict(cfg))
     if variant == 'naive':
         naive_ssf(peft)
+    elif variant == 'dense':
+        dense_snell(peft)
     torch.manual_seed(seed + 1)
     clf = Classifier(backbone)  # the head always trains
     clf.train()

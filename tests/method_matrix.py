@@ -36,6 +36,9 @@ MERGE_CASES = {
              fixed(dict(type='RLRR', qkv_blocks=1))],
     'DoRA': [fixed(dict(type='DoRA', targets=['qkv', 'proj', 'fc1', 'fc2'], r=4, alpha=8)),
              fixed(dict(type='DoRA', detach_norm=False))],
+    'SNELL': [fixed(dict(type='SNELL', r=4)),
+              fixed(dict(type='SNELL', r=2, sparsity=0.5, sparsify='paper', qkv_blocks=1)),
+              fixed(dict(type='SNELL', r=2, sparsity=0.0))],
     'BitFit': [fixed(dict(type='BitFit'))],
     'LinearProbe': [fixed(dict(type='Linear'))],
     'FullFineTune': [fixed(dict(type='Full'))],
@@ -49,6 +52,7 @@ REFUSE_CASES = {
     'VPTShallow': [fixed(dict(type='VPTShallow', num_prompts=3))],
     'VPTDeep': [fixed(dict(type='VPTDeep', num_prompts=3))],
     'SPTAdapter': [spt_allocation('adapter')],
+    'Mona': [fixed(dict(type='Mona', r=8))],
 }
 
 #: every method: PEFT-only save / load reproduces the outputs exactly

@@ -41,6 +41,30 @@ def rlrr_swin_official():
     return total + 2 * 1024 + HEAD['swin_b']
 
 
+def snell_formula(r, arch):
+    """SNELL-r at the official positions: separate q / k / v updates (in = out = C each), proj,
+    fc1, fc2 of every block; ``r · (in + out)`` per Linear (P = 2 factor chunks of r / 2 per row
+    on both sides). The paper gives no counts (its App. E.1 explains why)."""
+    def block(c):
+        return r * (3 * (c + c) + (c + c) + (c + 4 * c) + (4 * c + c))
+    if arch == 'vit_b':
+        return LAYERS * block(D) + HEAD['vit_b']
+    stages = zip(SWIN_B['dims'], SWIN_B['depths'])
+    return sum(depth * block(c) for c, depth in stages) + HEAD['swin_b']
+
+
+def mona_formula(arch, m=64):
+    """Mona (official code): two adapters per block, each LayerNorm (2C) + gamma, gammax (2C) +
+    down (C·m + m) + 3x3 / 5x5 / 7x7 depthwise convs (83m + 3m) + 1x1 projector (m² + m) + up
+    (m·C + C) = 2Cm + 5C + m² + 88m."""
+    def adapter(c):
+        return 2 * c + 2 * c + (c * m + m) + (9 + 25 + 49) * m + 3 * m + (m * m + m) + (m * c + c)
+    if arch == 'vit_b':
+        return LAYERS * 2 * adapter(D) + HEAD['vit_b']
+    return sum(depth * 2 * adapter(c) for c, depth in zip(SWIN_B['dims'], SWIN_B['depths'])) \
+        + HEAD['swin_b']
+
+
 def full_formula(backbone, arch):
     return sum(p.numel() for p in backbone.parameters()) + HEAD[arch]
 
@@ -64,6 +88,11 @@ COUNTED = {
     'LoRA': [('vit_b', dict(type='LoRA', r=8, targets=['qkv', 'fc1']), lora_formula(8, ['qkv', 'fc1']))],
     'Adapter': [('vit_b', dict(type='Adapter', r=8), LAYERS * (2 * D * 8 + 8 + D) + HEAD['vit_b'])],
     'DoRA': [('vit_b', dict(type='DoRA', r=8), LAYERS * (8 * (D + 3 * D) + 3 * D) + HEAD['vit_b'])],
+    'SNELL': [('vit_b', dict(type='SNELL'), snell_formula(8, 'vit_b')),
+              ('vit_b', dict(type='SNELL', r=32), snell_formula(32, 'vit_b')),
+              ('swin_b', dict(type='SNELL'), snell_formula(8, 'swin_b'))],
+    'Mona': [('swin_b', dict(type='Mona'), mona_formula('swin_b')),
+             ('vit_b', dict(type='Mona'), mona_formula('vit_b'))],
     'FullFineTune': [('vit_b', dict(type='Full'), full_formula)],
     # SPT: counted against its allocation's budget (test_spt_count_is_the_budget_met below)
     'SPTLoRA': [], 'SPTAdapter': [],

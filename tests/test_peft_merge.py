@@ -73,10 +73,12 @@ def test_user_shift_on_bias_free_producer_refuses_merge():
         get_peft(model).merge(model)
 
 
-def test_merged_state_dict_loads_without_mmssf(tmp_path, backbone_name):
+@pytest.mark.parametrize('cfg', [dict(type='SSF'), dict(type='DoRA', targets=['qkv', 'proj']),
+                                 dict(type='SNELL', r=4)], ids=['SSF', 'DoRA', 'SNELL'])
+def test_merged_state_dict_loads_without_mmssf(tmp_path, backbone_name, cfg):
     """A process that never imports mmssf loads the merged state dict with strict=True."""
     model, size = build_backbone(backbone_name)
-    apply_peft(model, dict(type='SSF'))
+    apply_peft(model, dict(cfg))
     randomize_peft(model)
     x = torch.randn(1, 3, *size)
     with torch.no_grad():

@@ -10,6 +10,7 @@ import os.path as osp
 import pytest
 import torch
 
+from mmssf.peft.registry_facts import methods_of_tensor
 from runner_utils import CONFIGS, ROOT, data_options, read_json, run_tool, write_peft_config
 
 FLOWS = {
@@ -20,6 +21,9 @@ FLOWS = {
                        'default_hooks.checkpoint.interval=1']),
     'upernet_ssf': (osp.join(CONFIGS, 'upernet_swin-tiny_ade.py'), 'SwinTransformer',
                     dict(type='SSF'), 'ade', 'iter_2.pth', []),
+    'upernet_dora': (osp.join(CONFIGS, 'upernet_swin-tiny_ade.py'), 'SwinTransformer',
+                     dict(type='DoRA', r=4, targets=['qkv', 'proj', 'fc1', 'fc2']), 'ade',
+                     'iter_2.pth', []),
     'setr_lora': (osp.join(CONFIGS, 'setr-pup_vit-tiny_ade.py'), 'VisionTransformer',
                   dict(type='LoRA', r=4, targets=['qkv', 'proj']), 'ade', 'iter_2.pth', []),
     # SPT: the allocation is computed first by spt_sensitivity.py on the same data ({tmp} below)
@@ -45,7 +49,11 @@ def datasets(tmp_path_factory):
     }
 
 
-@pytest.mark.parametrize('flow', sorted(FLOWS))
+SLOW_FLOWS = ('upernet_dora', )  # > 30 s each on 2 cores
+
+
+@pytest.mark.parametrize('flow', [pytest.param(f, marks=pytest.mark.slow) if f in SLOW_FLOWS else f
+                                  for f in sorted(FLOWS)])
 def test_train_merge_and_stock_evaluation(tmp_path, datasets, flow):
     stock_cfg, stock_type, peft, kind, ckpt_name, extra = FLOWS[flow]
     opts = data_options(datasets[kind], coco=kind == 'coco') + extra
@@ -64,8 +72,7 @@ def test_train_merge_and_stock_evaluation(tmp_path, datasets, flow):
     merged = work / ckpt_name.replace('.pth', '_merged.pth')
     assert ckpt.is_file() and merged.is_file()
     stock_ckpt = torch.load(merged, weights_only=True)
-    assert not any(tag in k for k in stock_ckpt['state_dict']
-                   for tag in ('ssf_', 'lora_', 'rlrr_', 'spt_'))
+    assert not any(methods_of_tensor(k) for k in stock_ckpt['state_dict'])
     assert stock_ckpt['meta']['mmssf']['methods']['backbone']['type'] == peft['type']
     if peft['type'].startswith('SPT'):
         assert stock_ckpt['meta']['mmssf']['allocation']['backbone']['budget']['met'] == 2000
@@ -78,3 +85,29 @@ def test_train_merge_and_stock_evaluation(tmp_path, datasets, flow):
     assert tuned.keys() == stock.keys() and tuned
     for key in tuned:
         assert tuned[key] == pytest.approx(stock[key], abs=1e-6), key
+
+
+@pytest.mark.slow
+def test_mask_rcnn_mona_trains_and_evaluates_with_its_peft_state(tmp_path, datasets):
+    """Mona (not mergeable) on the stock Mask R-CNN Swin-T: trains through ``tools/train.py``,
+    the hook writes no ``_merged`` file and says why, the checkpoint holds the trained adapters
+    under their declared prefix, and ``tools/test.py`` evaluates it with the tuned config."""
+    stock_cfg = osp.join(ROOT, 'configs/demo/mask-rcnn_swin-tiny_demo-coco.py')
+    opts = data_options(datasets['coco'], coco=True) + [
+        'train_cfg.max_epochs=1', 'train_cfg.val_interval=1', 'default_hooks.checkpoint.interval=1']
+    tuned_cfg = write_peft_config(tmp_path / 'mona.py', stock_cfg, 'SwinTransformer',
+                                  dict(type='Mona', r=8))
+    work = tmp_path / 'work'
+    log = run_tool(['tools/train.py', tuned_cfg, '--work-dir', str(work), '--cfg-options'] + opts)
+    assert 'trainable params:' in log
+    assert 'no _merged checkpoint: Mona cannot be merged' in log
+    ckpt = work / 'epoch_1.pth'
+    assert ckpt.is_file() and not (work / 'epoch_1_merged.pth').exists()
+    state = torch.load(ckpt, weights_only=True)['state_dict']
+    mona = [k for k in state if '.mona_' in k]
+    assert mona and all(methods_of_tensor(k) == 'Mona' for k in mona)
+    gamma = state['backbone.stages.0.blocks.0.mona_attn_gamma']
+    assert not torch.allclose(gamma, torch.full_like(gamma, 1e-6))  # trained
+    run_tool(['tools/test.py', tuned_cfg, str(ckpt), '--work-dir', str(tmp_path / 't1'),
+              '--out', str(tmp_path / 'tuned.json'), '--cfg-options'] + opts)
+    assert read_json(tmp_path / 'tuned.json')

@@ -6,16 +6,18 @@ from .builder import apply_peft, build_peft
 from .dora import DoRA
 from .io import load_base_weights, load_peft, save_peft
 from .lora import LoRA
+from .mona import Mona
 from .options import Option, OptionError
 from .rlrr import RLRR
+from .snell import SNELL
 from .spt import SPTAdapter, SPTLoRA
 from .ssf import SSF
 from .targets import find_table, supported_backbones
 from .vpt import VPTDeep, VPTShallow
 
 __all__ = [
-    'Adapter', 'BitFit', 'DoRA', 'FullFineTune', 'LinearProbe', 'LoRA', 'MergeError', 'Option',
-    'OptionError', 'PeftMethod', 'PeftUnit', 'RLRR', 'SPTAdapter', 'SPTLoRA', 'SSF', 'VPTDeep',
-    'VPTShallow', 'apply_peft', 'build_peft', 'find_table', 'get_peft', 'load_base_weights',
-    'load_peft', 'save_peft', 'supported_backbones'
+    'Adapter', 'BitFit', 'DoRA', 'FullFineTune', 'LinearProbe', 'LoRA', 'MergeError', 'Mona',
+    'Option', 'OptionError', 'PeftMethod', 'PeftUnit', 'RLRR', 'SNELL', 'SPTAdapter', 'SPTLoRA',
+    'SSF', 'VPTDeep', 'VPTShallow', 'apply_peft', 'build_peft', 'find_table', 'get_peft',
+    'load_base_weights', 'load_peft', 'save_peft', 'supported_backbones'
 ]

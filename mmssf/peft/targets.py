@@ -29,7 +29,7 @@ Swin token flow (VPT carries prompt tokens through these; see "Swin token-flow f
 """
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from torch import nn
 
@@ -211,3 +211,63 @@ def cls_token_name(backbone: nn.Module, table: TargetTable = None):
     if table.cls_token is None:
         return None
     return table.cls_token if table.cls_token in dict(backbone.named_parameters()) else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Token maps: the token stream of a block between its sub-layers and its spatial layout, for
+# methods that act on the stream itself with spatial filters (Mona). Kept apart from the roles.
+@dataclass(frozen=True)
+class TokenMap:
+    """Where the token stream of a block can be reached after its attention and after its MLP, and
+    the spatial grid of its tokens.
+
+    Args:
+        blocks: regex (full match) of the block modules.
+        grid: ``'block_arg'``: each block is called as ``block(x, hw_shape)`` (Swin stages);
+            ``'patch_embed'``: one grid for every block, the ``(H, W)`` that the module
+            ``grid_source`` returns as its second output (ViT).
+        grid_source: the module of ``'patch_embed'`` grids.
+        extra_tokens: the number of leading tokens that are not on the grid (cls token), read from
+            the backbone.
+        attn_residual: where ``x + attn(norm1(x))`` is formed: ``'block'``, in the block's own
+            forward, which passes it to ``norm`` (first argument) and to ``ffn`` (its ``identity``
+            keyword); ``'attn'``: the attention module ``attn`` returns it (``identity=x``).
+        attn / norm / ffn: names of the block's attention module, of the norm before the MLP and of
+            the MLP module (which returns ``identity + mlp(...)``).
+    """
+    blocks: str
+    grid: str
+    extra_tokens: Callable[[nn.Module], int]
+    attn_residual: str
+    grid_source: str = ''
+    attn: str = 'attn'
+    norm: str = 'norm2'
+    ffn: str = 'ffn'
+
+
+_SWIN_TOKEN_MAP = TokenMap(blocks=_SWIN_BLOCK, grid='block_arg', extra_tokens=lambda backbone: 0,
+                           attn_residual='block')
+
+#: table name -> token map (mmcv-style blocks: ``x = x + attn(norm1(x)); x = ffn(norm2(x),
+#: identity=x)``, or mmseg ViT's ``x = attn(ln1(x), identity=x); x = ffn(ln2(x), identity=x)``)
+TOKEN_MAPS: Dict[str, TokenMap] = {
+    'mmpretrain VisionTransformer': TokenMap(
+        blocks=_VIT_LAYER, grid='patch_embed', grid_source='patch_embed',
+        extra_tokens=lambda backbone: int(backbone.num_extra_tokens), attn_residual='block',
+        norm='ln2'),
+    'mmseg VisionTransformer': TokenMap(
+        blocks=_VIT_LAYER, grid='patch_embed', grid_source='patch_embed',
+        extra_tokens=lambda backbone: int(bool(backbone.with_cls_token)), attn_residual='attn',
+        norm='ln2'),
+    'mmpretrain SwinTransformer': _SWIN_TOKEN_MAP,
+    'mmdet SwinTransformer': _SWIN_TOKEN_MAP,
+    'mmseg SwinTransformer': _SWIN_TOKEN_MAP,
+}
+
+
+def token_map(table: TargetTable) -> TokenMap:
+    """The token map of ``table``'s implementation."""
+    if table.name not in TOKEN_MAPS:
+        raise TypeError(f'mmssf has no token map for {table.name} (needed by methods that filter '
+                        f'the token grid, e.g. Mona); known: {", ".join(TOKEN_MAPS)}')
+    return TOKEN_MAPS[table.name]

@@ -1,0 +1,14 @@
+# SNELL-8 (sparsity 0.9; every block Linear, separate q / k / v updates; the official Dropout(0.1)
+# on the update inputs except proj and DropPath(0.1) on the update outputs) on UperNet, Swin-T
+# (ImageNet-1k, stock pretrained URL), ADE20K 160k; decode and auxiliary heads trained.
+# Stock schedule and optimizer (the papers follow the stock dense-task settings).
+_base_ = 'mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py'
+custom_imports = dict(imports=['mmssf'], allow_failed_imports=False)
+
+model = dict(backbone=dict(type='mmssf.PeftBackbone', stock_type='SwinTransformer',
+                           peft=dict(type='SNELL', r=8, sparsity=0.9, drop_path=0.1,
+                                     targets=dict(qkv=dict(dropout=0.1), proj=None,
+                                                  fc1=dict(dropout=0.1), fc2=dict(dropout=0.1)))))
+optim_wrapper = dict(constructor='mmssf.PeftOptimWrapperConstructor')
+custom_hooks = [dict(type='mmssf.ReparamCheckpointHook'),
+                dict(type='mmssf.TrainableParamsReportHook')]

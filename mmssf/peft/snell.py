@@ -1,0 +1,250 @@
+"""SNELL: sparse tuning with kernelized LoRA (Shen et al., "Expanding Sparse Tuning for Low Memory
+Usage", NeurIPS 2024).
+
+Per Linear, ``W' = W + ΔWˢ``. The update ``ΔW`` is merged from two low-rank factors with a
+non-linear kernel instead of LoRA's inner product, so it can have full rank; it is then sparsified
+by competition: only the entries of largest magnitude survive.
+
+Kernel (paper Sec. 3.2 and App. B; official code ssfgunner/SNELL): the *piecewise-linear* kernel
+with P = 2 pieces. Each factor row of width r is split into P chunks of r / P and
+
+    ΔW[o, i] = Σ_p α_p · ‖B[p, o] − A[p, i]‖₂,    α_p = scale · (−1)^p  (fixed, scale = 0.1)
+
+with ``A`` (in × r) and ``B`` (out × r) trained, both drawn kaiming-uniform as the official code
+(so, unlike LoRA, ``ΔW ≠ 0`` at the start).
+
+Sparsification (Sec. 3.3), per matrix with sparsity ratio ``s`` (the fraction of entries zeroed):
+
+* ``sparsify='official'`` (default, the official code): ``t`` = the ``s``-quantile of ``|ΔW|``
+  (linear interpolation) and ``ΔWˢ = ΔW ⊙ stopgrad(|ΔW| · 1[|ΔW| > t])``;
+* ``sparsify='paper'`` (Eq. 5): ``t`` = the ⌈s·m·n⌉-th smallest ``|ΔW|`` and
+  ``ΔWˢ = ΔW ⊙ stopgrad(max(|ΔW| − t, 0))``.
+
+``sparsity=0`` is the official code's plain kernelized LoRA ("KLoRA": ``ΔWˢ = ΔW``). Neither the
+threshold nor the gate gets a gradient (both are computed from a detached ``ΔW`` in the official
+code). The official code has no default ratio (its CLI default 0 disables sparsification); its
+scripts pick one per task between 0 and 0.995 — ours defaults to 0.9, the paper's ablation value
+(Table 5a) and its ViT-L / ViT-H search set {0, 0.9}.
+
+Positions: every Linear of every block (Sec. 4.1), with *separate* q, k and v updates as the
+official ViT and Swin code: on a fused ``qkv`` projection each of the three row blocks gets its own
+factors and its own threshold (``qkv_blocks=3``). Per Linear of ``in → out``: ``r · (in + out)``
+parameters (the paper omits counts, App. E.1; ViT-B/16, r = 8: 1,327,104). The official code also
+trains ViT's cls token and regularises training with Dropout(0.1) on the inputs of q / k / v / fc1
+/ fc2 and DropPath(0.1) on every update's output; here ``dropout`` and ``drop_path`` default to 0
+(the zoo configs set the official values) and the cls token stays frozen.
+
+Merge: ``W ← W + ΔWˢ`` — exact, the stock keys are unchanged.
+
+Memory (the paper's point, Fig. 3b). The optimizer holds only the factors (``r · (in + out)``
+numbers and their two AdamW moments per Linear, as LoRA). On a hooked Linear the update is applied
+as ``y = x W + x ΔWˢ`` by an autograd function that keeps only ``x`` for backward and *recomputes*
+``ΔWˢ`` there (as the official code's checkpointing does): no ``out × in`` tensor lives between
+forward and backward — the dense ``ΔW``, its gate and the gradient ``gᵀx`` exist one Linear at a
+time, transiently. ``x`` is what LoRA keeps too. Where the weight cannot be hooked (mmseg's fused
+``nn.MultiheadAttention`` in-projection and its ``out_proj``) the effective weight ``W + ΔWˢ`` is
+built before the attention runs and autograd keeps the kernel's intermediates (a few ``out × in``
+tensors per such Linear) until backward.
+"""
+import math
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..registry import PEFT_METHODS
+from .base import PeftMethod, PeftUnit
+from .hooks import weight_and_bias_names
+from .lora import LoRAUnit, in_out_features
+from .options import Option, OptionError
+
+PIECES = 2  # P of the piecewise-linear kernel (paper App. B: "We set P=2")
+
+
+def kernel_delta(factor_in: torch.Tensor, factor_out: torch.Tensor, scale: float) -> torch.Tensor:
+    """``ΔW`` of each row block: ``Σ_p α_p ‖B[p, o] − A[p, i]‖₂``.
+
+    Args:
+        factor_in: ``(blocks, P, in, r / P)``.
+        factor_out: ``(blocks, P, out_b, r / P)``.
+
+    Returns:
+        ``(blocks, out_b, in)``.
+    """
+    signs = torch.tensor([(-1.0) ** p for p in range(factor_in.shape[1])],
+                         dtype=factor_in.dtype, device=factor_in.device)
+    dist = torch.cdist(factor_out, factor_in)  # (blocks, P, out_b, in)
+    return torch.einsum('p,bpoi->boi', signs * scale, dist)
+
+
+def interpolated_quantile(values: torch.Tensor, q: float) -> torch.Tensor:
+    """Per row of ``values`` (2-d), the ``q``-quantile with linear interpolation (as
+    ``torch.quantile``, without its input-size limit and its full sort)."""
+    n = values.shape[1]
+    pos = q * (n - 1)
+    low = int(math.floor(pos))
+    frac = pos - low
+    v_low = values.kthvalue(low + 1, dim=1, keepdim=True).values
+    if frac == 0:
+        return v_low
+    v_high = values.kthvalue(min(low + 2, n), dim=1, keepdim=True).values
+    return v_low + frac * (v_high - v_low)
+
+
+def sparsify(delta: torch.Tensor, sparsity: float, mode: str) -> torch.Tensor:
+    """Competition-based sparsification of each block of ``delta`` (``(blocks, out_b, in)``)."""
+    if sparsity == 0:
+        return delta
+    magnitude = delta.detach().abs().flatten(1)
+    if mode == 'official':
+        threshold = interpolated_quantile(magnitude, sparsity)
+        gate = torch.where(magnitude > threshold, magnitude, torch.zeros_like(magnitude))
+    else:
+        k = max(1, math.ceil(sparsity * magnitude.shape[1]))
+        threshold = magnitude.kthvalue(k, dim=1, keepdim=True).values
+        gate = (magnitude - threshold).clamp_min(0)
+    return delta * gate.view_as(delta)
+
+
+class _KernelDeltaLinear(torch.autograd.Function):
+    """``x ΔWˢᵀ`` keeping only ``x`` (and the factors) for backward; ``ΔWˢ`` is rebuilt there."""
+
+    @staticmethod
+    def forward(ctx, x, factor_in, factor_out, unit):
+        with torch.no_grad():
+            delta = unit.sparse_delta(factor_in, factor_out)
+        ctx.save_for_backward(x, factor_in, factor_out)
+        ctx.unit = unit
+        # (under autocast the result is in the autocast dtype, like the stock Linear's output)
+        return F.linear(x, delta.to(x.dtype))
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, factor_in, factor_out = ctx.saved_tensors
+        with torch.enable_grad():
+            a = factor_in.detach().requires_grad_()
+            b = factor_out.detach().requires_grad_()
+            delta = ctx.unit.sparse_delta(a, b)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (grad @ delta.detach().to(grad.dtype)).to(x.dtype)
+        grad_a = grad_b = None
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            g2 = grad.reshape(-1, grad.shape[-1])
+            x2 = x.reshape(-1, x.shape[-1]).to(g2.dtype)
+            grad_delta = (g2.t() @ x2).to(delta.dtype)  # (out, in), transient
+            grad_a, grad_b = torch.autograd.grad(delta, (a, b), grad_delta)
+        return grad_x, grad_a, grad_b, None
+
+
+def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Stochastic depth per sample (first dimension), as timm's ``DropPath``."""
+    if not training or p == 0:
+        return x
+    keep = x.new_empty((x.shape[0], ) + (1, ) * (x.dim() - 1)).bernoulli_(1 - p)
+    return x * keep / (1 - p)
+
+
+class SNELLUnit(PeftUnit):
+    """Sparse kernelized low-rank update of one Linear (or fused in-projection)."""
+    option_spec = dict(
+        r=Option(8, int, min=2, doc=f'rank of the factors (a multiple of the {PIECES} kernel '
+                 'pieces; the paper\'s SNELL-r)'),
+        sparsity=Option(0.9, float, min=0, max=0.9999,
+                        doc='fraction of the entries of each update zeroed (0: kernelized LoRA)'),
+        sparsify=Option('official', str, choices=('official', 'paper'),
+                        doc="'official': ΔW·|ΔW| above the s-quantile (official code); "
+                            "'paper': ΔW·max(|ΔW| − t, 0) (Eq. 5)"),
+        scale=Option(0.1, float, min=0, min_exclusive=True,
+                     doc='|α_p| of the piecewise-linear kernel (official 0.1)'),
+        qkv_blocks=Option(3, int, choices=(1, 3),
+                          doc='independent updates on a fused qkv (3: q, k, v as the official '
+                              'code)'),
+        dropout=Option(0.0, float, min=0, max=0.999,
+                       doc='dropout on the update\'s input (official 0.1, not on proj)'),
+        drop_path=Option(0.0, float, min=0, max=0.999,
+                         doc='per-sample drop of the update\'s output (official 0.1)'))
+    prefixes = ('snell_', )
+
+    can_wrap = LoRAUnit.can_wrap
+
+    @classmethod
+    def num_params(cls, module, r):
+        fan_in, fan_out = in_out_features(module)
+        return r * (fan_in + fan_out)
+
+    def attach(self):
+        fan_in, fan_out = in_out_features(self.module)
+        r = self.opts.r
+        if r % PIECES:
+            raise OptionError(f'SNELL on {self.name}: r={r} must be a multiple of {PIECES} (the '
+                              f'piecewise-linear kernel splits each factor row in {PIECES})')
+        blocks = self.opts.qkv_blocks if self.role == 'qkv' else 1
+        if fan_out % blocks:
+            raise OptionError(f'SNELL on {self.name}: qkv_blocks={blocks} does not divide its '
+                              f'{fan_out} output rows')
+        self.blocks, self.fan_in, self.fan_out = blocks, fan_in, fan_out
+        self.sparsity, self.mode = self.opts.sparsity, self.opts.sparsify
+        self.scale = self.opts.scale
+        self.dropout, self.drop_path = self.opts.dropout, self.opts.drop_path
+        width = r // PIECES
+        # kaiming-uniform (a = √5) of the official (P, n, r / P) tensors: U(±1 / √(n · r / P))
+        bound_in = 1 / math.sqrt(fan_in * width)
+        bound_out = 1 / math.sqrt(fan_out // blocks * width)
+        self.add_parameter('snell_in', torch.empty(blocks, PIECES, fan_in, width)
+                           .uniform_(-bound_in, bound_in))
+        self.add_parameter('snell_out', torch.empty(blocks, PIECES, fan_out // blocks, width)
+                           .uniform_(-bound_out, bound_out))
+        if self.reparam:
+            for option in ('dropout', 'drop_path'):
+                if getattr(self.opts, option):
+                    raise OptionError(
+                        f'{type(self.method).__name__} on {self.name}: {option}='
+                        f'{getattr(self.opts, option)} cannot apply here: this module '
+                        f'({type(self.module).__name__}) is re-parameterized, its input and '
+                        f'output are never seen by a hook. Set {option}=0 for this target, e.g. '
+                        f'targets={{...: dict({option}=0.0)}}')
+            w_name, _ = weight_and_bias_names(self.module)
+            self.add_weight_transform('snell', (w_name, ), self.reparameterize)
+        else:
+            self.handles.append(self.module.register_forward_hook(self.forward_hook))
+
+    def sparse_delta(self, factor_in: torch.Tensor, factor_out: torch.Tensor) -> torch.Tensor:
+        """``ΔWˢ`` (out × in) from the factors."""
+        delta = sparsify(kernel_delta(factor_in, factor_out, self.scale), self.sparsity, self.mode)
+        return delta.reshape(self.fan_out, self.fan_in)
+
+    def delta(self) -> torch.Tensor:
+        return self.sparse_delta(self.module.snell_in, self.module.snell_out)
+
+    def reparameterize(self, module, params):
+        w_name, _ = weight_and_bias_names(module)
+        return {w_name: params[w_name] + self.delta().to(params[w_name].dtype)}
+
+    def forward_hook(self, module, args, out):
+        x = F.dropout(args[0], self.dropout, module.training) if self.dropout else args[0]
+        update = _KernelDeltaLinear.apply(x, module.snell_in, module.snell_out, self)
+        return out + drop_path(update, self.drop_path, module.training).to(out.dtype)
+
+    def merge(self):
+        w_name, _ = weight_and_bias_names(self.module)
+        weight = getattr(self.module, w_name)
+        weight.add_(self.delta().to(weight.dtype))
+
+
+@PEFT_METHODS.register_module()
+class SNELL(PeftMethod):
+    """SNELL: sparse kernelized low-rank updates of every block Linear (official positions).
+
+    Args:
+        targets: default ``('qkv', 'proj', 'fc1', 'fc2')``.
+        r (int): rank (SNELL-r). Default 8.
+        sparsity (float): fraction of each update's entries zeroed. Default 0.9.
+        sparsify (str): ``'official'`` (default) or ``'paper'`` (Eq. 5).
+        scale (float): |α_p| of the kernel. Default 0.1.
+        qkv_blocks (int): separate q / k / v updates on a fused qkv (3, default) or one (1).
+        dropout (float): dropout on the update's input. Default 0 (official 0.1).
+        drop_path (float): drop-path on the update's output. Default 0 (official 0.1).
+    """
+    unit_cls = SNELLUnit
+    default_targets = ('qkv', 'proj', 'fc1', 'fc2')
+
