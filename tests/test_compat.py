@@ -20,6 +20,7 @@ def _weights(path):
     return torch.load(path, weights_only=True)['state_dict']
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('peft', [None, dict(type='SSF')])
 def test_resume_ends_with_same_weights(tmp_path, folder_data, peft):
     """Interrupted after epoch 1 and resumed == uninterrupted (CPU, fixed seed, torch >= 2.6)."""

@@ -9,6 +9,8 @@ import torch
 
 from runner_utils import ROOT, data_options
 
+pytestmark = pytest.mark.slow  # two torchrun processes through the Runner
+
 
 def _free_port():
     with socket.socket() as s:

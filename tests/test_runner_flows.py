@@ -49,11 +49,9 @@ def datasets(tmp_path_factory):
     }
 
 
-SLOW_FLOWS = ('upernet_dora', )  # > 30 s each on 2 cores
-
-
-@pytest.mark.parametrize('flow', [pytest.param(f, marks=pytest.mark.slow) if f in SLOW_FLOWS else f
-                                  for f in sorted(FLOWS)])
+# every flow trains through the Runner (40-80 s each on 2 cores): the slow tier
+@pytest.mark.slow
+@pytest.mark.parametrize('flow', sorted(FLOWS))
 def test_train_merge_and_stock_evaluation(tmp_path, datasets, flow):
     stock_cfg, stock_type, peft, kind, ckpt_name, extra = FLOWS[flow]
     opts = data_options(datasets[kind], coco=kind == 'coco') + extra
