@@ -3,7 +3,7 @@ lines, every model builds without weights, and ``count_params.py`` prints the pa
 
 Time budget: the full-size CIFAR-100 models (ViT-B/16, Swin-B: ~1 s each) are built by ONE
 ``count_params.py`` subprocess over all of them, which is also what checks the published counts
-(METHODS.md). The dense-task configs (Mask R-CNN / UperNet Swin-T, SETR ViT-L ~300M parameters)
+(SSF, Lian et al. NeurIPS 2022, Table 1 / 5). The dense-task configs (Mask R-CNN / UperNet Swin-T, SETR ViT-L ~300M parameters)
 are only parsed and checked line by line here, and their tuned backbone is built in process with
 small dims and run once (the full-size builds take about a minute on 2 cores: run
 ``count_params.py`` on them by hand; the READMEs list the counts it printed).
@@ -275,7 +275,7 @@ def test_cifar100_models_build_without_weights(cifar_report):
             assert 0 < trainable < total / 20  # (Mona on Swin-B: 4.2 %)
 
 
-# the papers' counts (METHODS.md), 100-class head included
+# the papers' counts (SSF, Lian et al. NeurIPS 2022, Table 1 / 5), 100-class head included
 EXPECTED_LINES = {
     'configs/ssf/ssf_vit-base-p16_in21k-pre_4xb64_cifar100-224px.py':
         'trainable params: 282,724 || all params: 86,081,380 || trainable%: 0.3284',
