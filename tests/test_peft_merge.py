@@ -73,31 +73,42 @@ def test_user_shift_on_bias_free_producer_refuses_merge():
         get_peft(model).merge(model)
 
 
-@pytest.mark.parametrize('cfg', [dict(type='SSF'), dict(type='DoRA', targets=['qkv', 'proj']),
-                                 dict(type='SNELL', r=4)], ids=['SSF', 'DoRA', 'SNELL'])
-def test_merged_state_dict_loads_without_mmssf(tmp_path, backbone_name, cfg):
-    """A process that never imports mmssf loads the merged state dict with strict=True."""
-    model, size = build_backbone(backbone_name)
-    apply_peft(model, dict(cfg))
-    randomize_peft(model)
-    x = torch.randn(1, 3, *size)
-    with torch.no_grad():
-        expected = flatten_outputs(model(x))
-    get_peft(model).merge(model)
-    torch.save({'state_dict': model.state_dict(), 'x': x, 'expected': expected},
-               tmp_path / 'merged.pth')
+NO_MMSSF_CASES = {'SSF': dict(type='SSF'), 'DoRA': dict(type='DoRA', targets=['qkv', 'proj']),
+                  'SNELL': dict(type='SNELL', r=4)}
+
+
+def test_merged_state_dicts_load_without_mmssf(tmp_path):
+    """One process that never imports mmssf loads every merged (method, backbone) state dict
+    with strict=True and reproduces the tuned outputs."""
+    from conftest import BACKBONES
+    cases = []
+    for method, cfg in NO_MMSSF_CASES.items():
+        for name in sorted(BACKBONES):
+            model, size = build_backbone(name)
+            apply_peft(model, dict(cfg))
+            randomize_peft(model)
+            x = torch.randn(1, 3, *size)
+            with torch.no_grad():
+                expected = flatten_outputs(model(x))
+            get_peft(model).merge(model)
+            path = tmp_path / f'{method}-{name}.pth'
+            torch.save({'state_dict': model.state_dict(), 'x': x, 'expected': expected}, path)
+            cases.append((f'{method}-{name}', name, str(path)))
     script = textwrap.dedent(f'''
         import sys, torch
         sys.path.insert(0, {str(__import__('pathlib').Path(__file__).parent)!r})
         from conftest import build_backbone, flatten_outputs
-        model, _ = build_backbone({backbone_name!r}, seed=7)
-        ckpt = torch.load({str(tmp_path / 'merged.pth')!r}, weights_only=True)
-        model.load_state_dict(ckpt['state_dict'], strict=True)
-        with torch.no_grad():
-            outs = flatten_outputs(model(ckpt['x']))
+        for case, name, path in {cases!r}:
+            model, _ = build_backbone(name, seed=7)
+            ckpt = torch.load(path, weights_only=True)
+            model.load_state_dict(ckpt['state_dict'], strict=True)
+            with torch.no_grad():
+                outs = flatten_outputs(model(ckpt['x']))
+            print('DIFF', case, max((a - b).abs().max().item() for a, b in zip(outs, ckpt['expected'])))
         assert 'mmssf' not in sys.modules
-        print(max((a - b).abs().max().item() for a, b in zip(outs, ckpt['expected'])))
     ''')
     result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert float(result.stdout.strip().splitlines()[-1]) <= 1e-5
+    diffs = dict(line.split()[1:] for line in result.stdout.splitlines() if line.startswith('DIFF '))
+    assert sorted(diffs) == sorted(c[0] for c in cases)
+    assert all(float(d) <= 1e-5 for d in diffs.values()), diffs
