@@ -1,4 +1,4 @@
-"""SPT step 2: where to tune under a parameter budget τ (papers/spt_iccv2023.txt, Sec. 3.2).
+"""SPT step 2: where to tune under a parameter budget τ (SPT, He et al. ICCV 2023, Sec. 3.2).
 
 1. Rank every scored entry by sensitivity; take the global top-t.
 2. A weight matrix whose count of selected entries c reaches σ = (its structured module's parameter
@@ -29,6 +29,7 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
+from ...fileio import atomic_save, atomic_write_text, load_checkpoint_file
 from ..hooks import host_of, needs_reparam
 from ..lora import in_out_features
 from ..ssf import out_channels
@@ -127,10 +128,10 @@ class Allocation:
 
     def save(self, out_dir: str) -> str:
         os.makedirs(out_dir, exist_ok=True)
-        torch.save({k: v.clone() for k, v in self.unstructured.items()}, osp.join(out_dir, INDEX_FILE))
+        atomic_save({k: v.clone() for k, v in self.unstructured.items()},
+                    osp.join(out_dir, INDEX_FILE))
         path = osp.join(out_dir, 'allocation.json')
-        with open(path, 'w') as f:
-            json.dump(self.summary(), f, indent=1)
+        atomic_write_text(json.dumps(self.summary(), indent=1), path)
         self.path = path
         return path
 
@@ -143,15 +144,36 @@ class Allocation:
                 f'SPT allocation {path} does not exist: compute it first with '
                 f'`python tools/analysis_tools/spt_sensitivity.py CONFIG --budget 0.4M --out '
                 f'{osp.dirname(path) or "."}`')
-        with open(path) as f:
-            info = json.load(f)
-        if info.get('version') != FORMAT_VERSION or info.get('kind') not in KINDS:
-            raise ValueError(f'{path} is not an mmssf SPT allocation (version {FORMAT_VERSION})')
+        recompute = ('recompute it with `python tools/analysis_tools/spt_sensitivity.py CONFIG '
+                     '--budget ...`')
+        try:
+            with open(path, encoding='utf-8') as f:
+                info = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f'SPT allocation {path} is not valid JSON ({err}): the file is '
+                             f'truncated or damaged; {recompute}') from None
+        if not isinstance(info, dict) or info.get('version') != FORMAT_VERSION \
+                or info.get('kind') not in KINDS:
+            raise ValueError(f'{path} is not an mmssf SPT allocation (version {FORMAT_VERSION}, '
+                             f'kind one of {KINDS})')
+        missing = [k for k in ('rank', 'alpha', 'structured', 'unstructured', 'budget', 'backbone',
+                               'indices') if k not in info]
+        if missing:
+            raise ValueError(f'SPT allocation {path} lacks {", ".join(missing)}; {recompute}')
+        if not isinstance(info['structured'], dict) or not isinstance(info['unstructured'], dict):
+            raise ValueError(f'SPT allocation {path}: "structured" and "unstructured" must be '
+                             f'objects (module / parameter name -> entry); {recompute}')
         index_path = osp.join(osp.dirname(path), info['indices'])
-        indices = torch.load(index_path, map_location='cpu', weights_only=True)
+        if not osp.isfile(index_path):
+            raise FileNotFoundError(f'SPT allocation {path} needs its index file {index_path}, '
+                                    f'which does not exist; {recompute}')
+        indices = load_checkpoint_file(index_path)
         counts = info['unstructured']
-        if set(indices) != set(counts) or any(indices[k].numel() != counts[k] for k in counts):
+        if not isinstance(indices, dict) or set(indices) != set(counts) \
+                or any(indices[k].numel() != counts[k] for k in counts):
             raise ValueError(f'{index_path} does not match {path} (entries per parameter differ)')
+        for name, index in indices.items():
+            check_indices(index, name, index_path)
         return cls(kind=info['kind'], rank=info['rank'], alpha=info['alpha'],
                    structured=info['structured'], unstructured=indices, budget=info['budget'],
                    backbone=info['backbone'], sensitivity=info.get('sensitivity', {}),
@@ -174,6 +196,57 @@ class Allocation:
             shown = ', '.join(diff[:6]) + (f' ... ({len(diff) - 6} more)' if len(diff) > 6 else '')
             raise ValueError(f'SPT allocation{where} was made for another {mine["table"]} '
                              f'architecture: parameters differ: {shown}. Recompute it for this config')
+        self.check_entries(backbone)
+
+    def check_entries(self, backbone: nn.Module) -> None:
+        """Raise ``ValueError`` naming the entry and the file if a structured entry is not a
+        weight matrix its structured module can wrap (an unknown module, a bias, a norm), or an
+        unstructured entry names an unknown parameter or an index outside it."""
+        where = f'SPT allocation {self.path}' if self.path else 'SPT allocation'
+        modules = dict(backbone.named_modules())
+        params = scored_parameters(backbone)
+        for name, entry in self.structured.items():
+            leaf = entry.get('param', 'weight') if isinstance(entry, dict) else 'weight'
+            if name not in modules:
+                raise ValueError(f'{where}: structured entry {name!r} is not a module of this '
+                                 f'{type(backbone).__name__} (modules are like '
+                                 f'{_examples(n for n, m in modules.items() if isinstance(m, nn.Linear))})')
+            if structured_candidate(backbone, modules, f'{name}.{leaf}', self.kind) is None:
+                raise ValueError(
+                    f'{where}: structured entry {name!r} (param {leaf!r}) cannot take a '
+                    f'{self.kind} module: only weight matrices of Linear layers (and the fused '
+                    f'attention\'s in_proj_weight) are tuned structurally; biases and norms are '
+                    f'tuned unstructured')
+        for name, index in self.unstructured.items():
+            if name not in params:
+                raise ValueError(f'{where}: unstructured entry {name!r} is not a tunable '
+                                 f'parameter of this {type(backbone).__name__} (parameters are '
+                                 f'like {_examples(params)})')
+            check_indices(index, name, self.path or 'the allocation', size=params[name].numel())
+
+
+def _examples(names, n: int = 4) -> str:
+    names = list(names)
+    return ', '.join(names[:n]) + (' ...' if len(names) > n else '')
+
+
+def check_indices(index, name: str, source: str, size: Optional[int] = None) -> None:
+    """Unstructured indices of one parameter: 1-D integers, each once, inside the parameter."""
+    if not isinstance(index, torch.Tensor) or index.dim() != 1 or index.is_floating_point() \
+            or index.dtype == torch.bool:
+        raise ValueError(f'{source}: the indices of {name!r} must be a 1-D integer tensor')
+    if index.numel() == 0:
+        return
+    ordered = torch.sort(index).values
+    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+    if repeated.numel():
+        raise ValueError(f'{source}: {repeated.numel()} duplicate indices for {name!r} (e.g. '
+                         f'{torch.unique(repeated)[:5].tolist()}): each entry can be tuned once; '
+                         f'recompute the allocation')
+    low, high = int(index.min()), int(index.max())
+    if low < 0 or (size is not None and high >= size):
+        raise ValueError(f'{source}: indices of {name!r} out of range ({low}..{high}, the '
+                         f'parameter has {size if size is not None else "?"} entries)')
 
 
 def allocate(scores: Dict[str, torch.Tensor], backbone: nn.Module, budget, kind: str = 'lora',
