@@ -143,13 +143,9 @@ def atomic_write_text(text: str, path: str) -> None:
 
 def atomic_save(obj, path: str) -> None:
     """``torch.save(obj, path)``, atomically (see :func:`atomic_write_bytes`)."""
-    with io.BytesIO() as buffer:
-        torch.save(obj, buffer)
-        view = buffer.getbuffer()
-        try:
-            atomic_write_bytes(view, path)
-        finally:
-            view.release()
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(buffer.getbuffer(), path)  # (no copy of the serialized bytes)
 
 
 # -- reading ------------------------------------------------------------------------------------

@@ -81,23 +81,28 @@ def show_predictions(cfg, args, family: str) -> None:
 
 
 def test_time_augmentation(cfg, family: str) -> None:
-    """Wrap the model in the config's ``tta_model`` and test with its ``tta_pipeline``."""
+    """Wrap the model in the config's ``tta_model`` and test with its ``tta_pipeline``; where
+    upstream mmdet / mmpretrain have defaults (flip TTA), they are used when these are absent."""
     missing = [k for k in ('tta_model', 'tta_pipeline') if k not in cfg]
     if family == 'mmseg' and missing:
         raise SystemExit(f'tools/test.py --tta: {cfg.filename} has no {" / ".join(missing)} '
                          f'(mmseg configs define them, e.g. the stock ADE20K configs)')
-    test_pipeline = cfg.test_dataloader.dataset.pipeline
-    if 'tta_model' not in cfg:  # upstream mmdet / mmpretrain defaults: flip TTA
+    dataset = cfg.test_dataloader.dataset
+    while 'dataset' in dataset:  # (dataset wrappers)
+        dataset = dataset['dataset']
+    if 'tta_model' not in cfg:
         warnings.warn('no tta_model in the config: using the upstream default')
         cfg.tta_model = (dict(type='DetTTAModel', tta_cfg=dict(
             nms=dict(type='nms', iou_threshold=0.5), max_per_img=100)) if family == 'mmdet'
-            else dict(type='AverageClsScoreTTA'))
+            else dict(type='mmpretrain.AverageClsScoreTTA'))
     if 'tta_pipeline' not in cfg:
         warnings.warn('no tta_pipeline in the config: using flip TTA of the test pipeline')
-        cfg.tta_pipeline = deepcopy(test_pipeline)
+        pack = (dict(type='PackDetInputs', meta_keys=(
+            'img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor', 'flip',
+            'flip_direction')) if family == 'mmdet' else dataset.pipeline[-1])
+        cfg.tta_pipeline = deepcopy(dataset.pipeline)
         cfg.tta_pipeline[-1] = dict(type='TestTimeAug', transforms=[
-            [dict(type='RandomFlip', prob=1.), dict(type='RandomFlip', prob=0.)],
-            [test_pipeline[-1]]])
+            [dict(type='RandomFlip', prob=1.), dict(type='RandomFlip', prob=0.)], [pack]])
     tta_model = dict(cfg.tta_model)
     tta_model['module'] = cfg.model
     cfg.model = tta_model

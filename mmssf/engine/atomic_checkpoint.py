@@ -26,7 +26,6 @@ with ``X.pth``). Remote ``out_dir`` / ``backend_args`` keep mmengine's own writi
 """
 import os
 import os.path as osp
-import re
 from typing import List, Sequence
 
 from mmengine.dist import all_gather_object, get_rank, get_world_size, is_main_process
@@ -43,6 +42,8 @@ from .rng_state import capture_rng_state, restore_rng_state
 __all__ = ['AtomicCheckpointHook', 'AtomicLocalBackend', 'use_atomic_checkpoints']
 
 BACKEND = 'mmssf_atomic_local'
+#: message-hub key: steps whose checkpoints the save that recorded it rotates out
+ROTATED = 'mmssf_rotated_ckpt_ids'
 
 
 @register_backend(BACKEND, force=True)
@@ -116,13 +117,16 @@ class AtomicCheckpointHook(CheckpointHook):
         hub = runner.message_hub
         before = dict(keep=list(getattr(self, 'keep_ckpt_ids', [])),
                       hub_keep=hub.runtime_info.get('keep_ckpt_ids'),
-                      last_ckpt=self.last_ckpt, hub_last=hub.runtime_info.get('last_ckpt'))
+                      last_ckpt=self.last_ckpt, hub_last=hub.runtime_info.get('last_ckpt'),
+                      hub_rotated=hub.runtime_info.get(ROTATED))
         removed_steps = []
         if self.max_keep_ckpts > 0 and not (self.keep_ckpt_ids and self.keep_ckpt_ids[-1] == step):
             if len(self.keep_ckpt_ids) == self.max_keep_ckpts:
                 removed_steps.append(self.keep_ckpt_ids.popleft())
             self.keep_ckpt_ids.append(step)
             hub.update_info('keep_ckpt_ids', list(self.keep_ckpt_ids))
+        # recorded in the new checkpoint: a resume after a kill before their removal removes them
+        hub.update_info(ROTATED, list(removed_steps))
         ckpt_filename = self.filename_tmpl.format(step)
         self.last_ckpt = self.file_backend.join_path(self.out_dir, ckpt_filename)
         hub.update_info('last_ckpt', self.last_ckpt)
@@ -146,7 +150,7 @@ class AtomicCheckpointHook(CheckpointHook):
                 self.keep_ckpt_ids.clear()
                 self.keep_ckpt_ids.extend(before['keep'])
             for key, value in (('keep_ckpt_ids', before['hub_keep']),
-                               ('last_ckpt', before['hub_last'])):
+                               ('last_ckpt', before['hub_last']), (ROTATED, before['hub_rotated'])):
                 if value is not None:
                     hub.update_info(key, value)
             self.last_ckpt = before['last_ckpt']
@@ -181,31 +185,19 @@ class AtomicCheckpointHook(CheckpointHook):
                 self.file_backend.rmtree(path)
 
     def _remove_stale_files(self, runner) -> None:
-        """Temporary files of killed runs, and twins whose ``X.pth`` rotation already removed
-        (a kill between the two removals)."""
+        """What a kill left: temporary files, and the rotated-out checkpoints (and twins) that
+        the newest checkpoint records as due for removal."""
         if not osp.isdir(self.out_dir):
             return
-        pattern = re.compile('^' + re.escape(self.filename_tmpl).replace(r'\{\}', r'(\d+)') + '$')
-        kept = list(getattr(self, 'keep_ckpt_ids', []))
-        oldest_kept = min(kept) if kept and self.max_keep_ckpts > 0 else None
         for name in os.listdir(self.out_dir):
-            path = osp.join(self.out_dir, name)
             if is_temp_file(name) and not _writer_alive(name):
+                path = osp.join(self.out_dir, name)
                 self._remove_files([path])
                 print_log(f'AtomicCheckpointHook: removed {path} (left by a killed run)',
                           logger='current')
-                continue
-            if oldest_kept is None:
-                continue
-            for suffix in self.twin_suffixes:
-                root, ext = osp.splitext(name)
-                if not root.endswith(suffix):
-                    continue
-                main = root[:-len(suffix)] + ext
-                found = pattern.match(main)
-                if found and int(found.group(1)) < oldest_kept and \
-                        not osp.exists(osp.join(self.out_dir, main)):
-                    self._remove_files([path])
+        for step in runner.message_hub.runtime_info.get(ROTATED, []):
+            path = self._path(step)
+            self._remove_files([path] + self._twins(path))
 
     # -- resuming -------------------------------------------------------------------------------
     def after_load_checkpoint(self, runner, checkpoint) -> None:
