@@ -29,12 +29,12 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
-from ...fileio import atomic_save, atomic_write_text, load_checkpoint_file
 from ..hooks import host_of, needs_reparam
 from ..lora import in_out_features
 from ..ssf import out_channels
 from ..targets import find_table
 from .sensitivity import scored_parameters
+from ...fileio import atomic_save, atomic_write_text, load_checkpoint_file  # noqa: I100
 
 KINDS = ('lora', 'adapter')
 INDEX_FILE = 'allocation_indices.pth'
