@@ -45,13 +45,15 @@ def test_mmdet_out_pickle_and_show_dir(tmp_path, data):
               '--show-dir', 'painted', '--cfg-options'] + data_options(data['coco'], coco=True))
     with open(out, 'rb') as f:
         preds = pickle.load(f)
-    # DumpDetResults: one dict per image, instances as numpy, masks RLE-encoded
+    # DumpDetResults: one dict per image, no ground truth, masks RLE-encoded
     assert isinstance(preds, list) and len(preds) == 2
     for pred in preds:
         assert {'img_id', 'img_path', 'pred_instances'} <= set(pred)
+        assert 'gt_instances' not in pred
         inst = pred['pred_instances']
         assert {'bboxes', 'scores', 'labels', 'masks'} <= set(inst)
-        assert not isinstance(inst['bboxes'], torch.Tensor)
+        assert len(inst['masks']) == len(inst['bboxes']) > 0
+        assert all(isinstance(m, dict) and 'counts' in m for m in inst['masks'])
     painted = [f for _, _, files in os.walk(tmp_path / 'w') for f in files if f.endswith('.jpg')]
     assert len(painted) == 2
 
@@ -69,7 +71,8 @@ def test_mmseg_out_folder_show_dir_and_metrics(tmp_path, data):
     ckpt = _random_checkpoint(MMSEG, tmp_path / 'seg.pth')
     out = tmp_path / 'pred_maps'
     run_tool(['tools/test.py', MMSEG, ckpt, '--work-dir', str(tmp_path / 'w'), '--out', str(out),
-              '--show-dir', str(tmp_path / 'painted'), '--cfg-options'] + data_options(data['ade']))
+              '--show-dir', str(tmp_path / 'painted'), '--interval', '1', '--cfg-options']
+             + data_options(data['ade']))
     maps = sorted(os.listdir(out))
     val = sorted(osp.splitext(n)[0] + '.png'
                  for n in os.listdir(osp.join(data['ade'], 'images', 'validation')))

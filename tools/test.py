@@ -2,7 +2,7 @@
 decides), with the options of the upstream ``tools/test.py`` of that family.
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out OUT] [--out-item pred|metrics]
-        [--show] [--show-dir DIR] [--wait-time S] [--tta] [--cfg-options k=v ...]
+        [--show] [--show-dir DIR] [--wait-time S] [--interval N] [--tta] [--cfg-options k=v ...]
         [--launcher none|pytorch|slurm|mpi]
 
 ``--out`` writes the predictions as upstream does: mmdet / mmpretrain a ``.pkl`` (mmdet's
@@ -37,7 +37,8 @@ def parse_args():
     parser.add_argument('--show', action='store_true', help='show the predictions (needs a display)')
     parser.add_argument('--show-dir', help='save images painted with the predictions here')
     parser.add_argument('--wait-time', type=float, default=2, help='seconds each shown image stays')
-    parser.add_argument('--interval', type=int, default=1, help='visualize every N samples')
+    parser.add_argument('--interval', type=int,
+                        help="visualize every N samples (default: the config's; mmpretrain 1)")
     parser.add_argument('--tta', action='store_true',
                         help="test-time augmentation with the config's tta_model / tta_pipeline")
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
@@ -66,8 +67,10 @@ def show_predictions(cfg, args, family: str) -> None:
     if hook is None:
         raise SystemExit('tools/test.py: --show / --show-dir need a VisualizationHook in '
                          "default_hooks (visualization=dict(type='...VisualizationHook'))")
+    if args.interval is not None:
+        hook['interval'] = args.interval
     if family == 'mmpretrain':  # mmpretrain's hook: enable / out_dir / interval
-        hook.update(enable=True, interval=args.interval)
+        hook.update(enable=True, interval=args.interval or 1)
         if args.show_dir:
             hook['out_dir'] = args.show_dir
     else:
