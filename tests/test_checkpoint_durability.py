@@ -197,3 +197,33 @@ def test_resume_writes_a_missing_or_broken_twin_again(tmp_path, config, folder_d
                  'merged')
     assert rebuilt['meta']['source_checkpoint'] == 'iter_4.pth'
     assert rebuilt['meta']['iter'] == 4
+
+
+# -- two processes ------------------------------------------------------------------------------
+def _dist_train(config, work, opts, resume=False):
+    import socket
+    import subprocess
+    import sys
+
+    from runner_utils import ROOT
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, PORT=str(port), PYTHON=sys.executable, OMP_NUM_THREADS='1')
+    result = subprocess.run(['bash', 'tools/dist_train.sh', config, '2', '--work-dir', str(work)]
+                            + (['--resume'] if resume else []) + ['--cfg-options'] + opts,
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+
+
+@pytest.mark.slow
+def test_resume_with_two_processes_restores_each_ranks_generators(tmp_path, config, folder_data):
+    opts = options(folder_data, 'train_cfg.max_iters=4', 'train_dataloader.batch_size=2')
+    _dist_train(config, tmp_path / 'full', opts)
+    _dist_train(config, tmp_path / 'part', opts + ['train_cfg.max_iters=2'])
+    _dist_train(config, tmp_path / 'part', opts, resume=True)
+    full, resumed = load(tmp_path / 'full' / 'iter_4.pth'), load(tmp_path / 'part' / 'iter_4.pth')
+    assert full['rng_state']['world_size'] == 2
+    _assert_same(resumed['state_dict'], full['state_dict'], 'state_dict')
+    _assert_same(resumed['optimizer'], full['optimizer'], 'optimizer')
+    _assert_same(resumed['rng_state'], full['rng_state'], 'rng_state')
