@@ -227,3 +227,39 @@ def test_resume_with_two_processes_restores_each_ranks_generators(tmp_path, conf
     _assert_same(resumed['state_dict'], full['state_dict'], 'state_dict')
     _assert_same(resumed['optimizer'], full['optimizer'], 'optimizer')
     _assert_same(resumed['rng_state'], full['rng_state'], 'rng_state')
+
+
+# -- a real small file system -------------------------------------------------------------------
+@pytest.mark.slow
+def test_full_small_file_system(tmp_path, config, folder_data, full_run):
+    """Checkpoints into a tmpfs (mounted in a user namespace) that holds two checkpoint pairs
+    and half of a third: the third save fails clearly and the second stays intact."""
+    import shlex
+    import shutil
+    import subprocess
+    import sys
+
+    from runner_utils import ROOT
+    if shutil.which('unshare') is None or subprocess.run(
+            ['unshare', '-rm', 'true'], capture_output=True).returncode != 0:
+        pytest.skip('user namespaces (unshare -rm) are not available')
+    x, merged = (os.path.getsize(full_run / n) for n in ('iter_1.pth', 'iter_1_merged.pth'))
+    mount, copy, work = tmp_path / 'small', tmp_path / 'copy', tmp_path / 'w'
+    mount.mkdir()
+    copy.mkdir()
+    train_cmd = [sys.executable, 'tools/train.py', config, '--work-dir', str(work),
+                 '--cfg-options'] + options(folder_data, f'default_hooks.checkpoint.out_dir={mount}')
+    script = (f'mount -t tmpfs -o size={2 * (x + merged) + x // 2} tmpfs {mount} && '
+              f'{shlex.join(train_cmd)}; echo "rc=$?"; cp -a {mount}/w/. {copy}/')
+    result = subprocess.run(['unshare', '-rm', 'sh', '-c', script], cwd=ROOT, text=True,
+                            capture_output=True, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    output = result.stdout + result.stderr
+    assert 'rc=1' in result.stdout, output[-3000:]
+    assert 'Traceback' not in output
+    assert f'could not write {mount}/w/iter_3.pth: the disk is full (it needs' in output
+    assert sorted(os.listdir(copy)) == ['iter_1.pth', 'iter_1_merged.pth', 'iter_2.pth',
+                                        'iter_2_merged.pth']
+    from mmssf.fileio import load_checkpoint_file
+    for name in os.listdir(copy):
+        load_checkpoint_file(copy / name)
+    assert (work / 'last_checkpoint').read_text() == f'{mount}/w/iter_2.pth'

@@ -19,6 +19,7 @@ from copy import deepcopy
 
 import mmssf  # noqa: F401  (registers mmssf and applies the stack fixes)
 from mmssf.engine.checkpoint_check import add_checkpoint_check
+from mmssf.fileio import CheckpointFileError
 from mmssf.launch import Config, DictAction, setup_launcher
 
 FAMILIES = ('mmdet', 'mmseg', 'mmpretrain')
@@ -158,7 +159,10 @@ def main():
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     if args.out and args.out_item == 'pred':
         dump_predictions(cfg, runner, args.out, family)
-    metrics = runner.test()
+    try:
+        metrics = runner.test()
+    except CheckpointFileError as err:  # (unreadable or corrupted checkpoint: says which, why)
+        raise SystemExit(f'tools/test.py: {err}') from None
     if args.out and args.out_item == 'metrics' and runner.rank == 0:
         import mmengine
         options = dict(indent=2) if args.out.endswith('.json') else {}

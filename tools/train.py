@@ -10,6 +10,7 @@ import os.path as osp
 import mmssf  # noqa: F401  (registers mmssf and applies the stack fixes)
 from mmssf.engine.atomic_checkpoint import use_atomic_checkpoints
 from mmssf.engine.checkpoint_check import add_checkpoint_check
+from mmssf.fileio import CheckpointFileError, CheckpointWriteError
 from mmssf.launch import Config, DictAction, setup_launcher
 
 
@@ -62,7 +63,10 @@ def main():
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    runner.train()
+    try:
+        runner.train()
+    except (CheckpointFileError, CheckpointWriteError) as err:  # (the message says it all)
+        raise SystemExit(f'tools/train.py: {err}') from None
 
 
 if __name__ == '__main__':
