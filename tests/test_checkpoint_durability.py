@@ -263,3 +263,41 @@ def test_full_small_file_system(tmp_path, config, folder_data, full_run):
     for name in os.listdir(copy):
         load_checkpoint_file(copy / name)
     assert (work / 'last_checkpoint').read_text() == f'{mount}/w/iter_2.pth'
+
+
+# -- best checkpoints ---------------------------------------------------------------------------
+def test_save_best_writes_the_new_best_before_removing_the_old(tmp_path, config, folder_data,
+                                                              monkeypatch):
+    from mmengine.evaluator import BaseMetric
+    from mmengine.registry import METRICS
+
+    from mmssf.engine.atomic_checkpoint import AtomicLocalBackend
+
+    @METRICS.register_module(name='DurabilityIncreasingScore', force=True)
+    class IncreasingScore(BaseMetric):  # a better score at every validation
+        calls = 0
+
+        def process(self, data_batch, data_samples):
+            self.results.append(0)
+
+        def compute_metrics(self, results):
+            IncreasingScore.calls += 1
+            return {'score': float(IncreasingScore.calls)}
+
+    best = tmp_path / 'best.py'
+    best.write_text(f'_base_ = {config!r}\n'
+                    "val_evaluator = dict(_delete_=True, type='DurabilityIncreasingScore')\n"
+                    "default_hooks = dict(checkpoint=dict(save_best='score', rule='greater'))\n")
+    seen, real_put = [], AtomicLocalBackend.put
+
+    def put(self, obj, filepath):
+        if os.path.basename(str(filepath)).startswith('best_'):
+            seen.append((os.path.basename(str(filepath)),
+                         sorted(n for n in os.listdir(tmp_path / 'w') if n.startswith('best_'))))
+        return real_put(self, obj, filepath)
+    monkeypatch.setattr(AtomicLocalBackend, 'put', put)
+    train(str(best), tmp_path / 'w', options(folder_data))
+    assert [name for name, _ in seen] == [f'best_score_iter_{i}.pth' for i in (2, 4, 6)]
+    assert seen[1][1] == ['best_score_iter_2.pth'] and seen[2][1] == ['best_score_iter_4.pth']
+    assert sorted(n for n in os.listdir(tmp_path / 'w') if n.startswith('best_')) == \
+        ['best_score_iter_6.pth']

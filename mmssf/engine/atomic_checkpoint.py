@@ -10,7 +10,8 @@ What mmengine 0.10.7 does and what this hook does instead:
 * With ``max_keep_ckpts`` the oldest checkpoint is deleted *before* the new one is written (a kill
   in between loses the run when ``max_keep_ckpts=1``): here old checkpoints — and their
   ``X_merged.pth`` twins, which mmengine never rotates — are removed only after the new
-  checkpoint, ``last_checkpoint`` and the new twin are written.
+  checkpoint, ``last_checkpoint`` and the new twin are written. The same for ``save_best``: the
+  previous best file goes after the new one is written.
 * No random generator state is saved: here the states of every rank are saved
   (``checkpoint['rng_state']``) and restored on ``--resume`` right before the first number is
   drawn, and validation does not advance the training generators, so a resumed run is
@@ -162,6 +163,16 @@ class AtomicCheckpointHook(CheckpointHook):
                 path = self._path(old)
                 self._pending_removal += [path] + self._twins(path)
 
+    def _save_best_checkpoint(self, runner, metrics) -> None:
+        # mmengine removes the previous best checkpoint before writing the new one: defer it
+        backend, deferred = self.file_backend, []
+        self.file_backend = _DeferredRemoval(backend, deferred)
+        try:
+            super()._save_best_checkpoint(runner, metrics)
+        finally:
+            self.file_backend = backend
+        self._remove_files(deferred)
+
     def _rng_of_all_ranks(self) -> dict:
         state = self._val_snapshot or capture_rng_state()  # (saved during val: the train state)
         states = all_gather_object(state) if get_world_size() > 1 else [state]
@@ -222,6 +233,21 @@ class AtomicCheckpointHook(CheckpointHook):
             note = restore_rng_state(state)
             if note:
                 print_log(f'AtomicCheckpointHook: {note}', logger='current')
+
+
+class _DeferredRemoval:
+    """A file backend whose ``remove`` / ``rmtree`` only note the path (removed later)."""
+
+    def __init__(self, backend, deferred: list):
+        self._backend, self._deferred = backend, deferred
+
+    def remove(self, path) -> None:
+        self._deferred.append(path)
+
+    rmtree = remove
+
+    def __getattr__(self, name):
+        return getattr(self._backend, name)
 
 
 def _writer_alive(temp_name: str) -> bool:
