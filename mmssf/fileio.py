@@ -187,9 +187,9 @@ def explain_load_error(path: str, err: BaseException):
         reason = ('it is empty (0 bytes): an interrupted write or a failed copy; use an earlier '
                   'checkpoint')
     elif head.startswith(b'PK\x03\x04'):
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         reason = (f'it is truncated or corrupted ({size:,} bytes; the PyTorch zip archive cannot '
-                  f'be read: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}); '
-                  f'use an earlier checkpoint')
+                  f'be read: {detail}); use an earlier checkpoint')
     elif head.startswith(b'\x80\x02'):
         reason = (f'it is a legacy (non-zip) PyTorch file that is truncated or corrupted '
                   f'({size:,} bytes): {type(err).__name__}: {err}')

@@ -248,7 +248,8 @@ def test_full_small_file_system(tmp_path, config, folder_data, full_run):
     mount.mkdir()
     copy.mkdir()
     train_cmd = [sys.executable, 'tools/train.py', config, '--work-dir', str(work),
-                 '--cfg-options'] + options(folder_data, f'default_hooks.checkpoint.out_dir={mount}')
+                 '--cfg-options'] + options(folder_data,
+                                            f'default_hooks.checkpoint.out_dir={mount}')
     script = (f'mount -t tmpfs -o size={2 * (x + merged) + x // 2} tmpfs {mount} && '
               f'{shlex.join(train_cmd)}; echo "rc=$?"; cp -a {mount}/w/. {copy}/')
     result = subprocess.run(['unshare', '-rm', 'sh', '-c', script], cwd=ROOT, text=True,

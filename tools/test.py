@@ -35,7 +35,8 @@ def parse_args():
                         'metrics (or a .json name) the metrics')
     parser.add_argument('--out-item', choices=['pred', 'metrics'],
                         help='what --out holds (default: pred, metrics for a .json name)')
-    parser.add_argument('--show', action='store_true', help='show the predictions (needs a display)')
+    parser.add_argument('--show', action='store_true',
+                        help='show the predictions (needs a display)')
     parser.add_argument('--show-dir', help='save images painted with the predictions here')
     parser.add_argument('--wait-time', type=float, default=2, help='seconds each shown image stays')
     parser.add_argument('--interval', type=int,

@@ -55,7 +55,8 @@ def main():
     try:
         runner.load_checkpoint(args.checkpoint, map_location='cpu', strict=True)
     except Exception as err:  # noqa: BLE001  (exits naming the file and the fault)
-        sys.exit(f'eval_stock: cannot load {args.checkpoint}: {why_unloadable(args.checkpoint, err)}')
+        reason = why_unloadable(args.checkpoint, err)
+        sys.exit(f'eval_stock: cannot load {args.checkpoint}: {reason}')
     metrics = runner.test()
     if 'mmssf' in sys.modules:
         sys.exit('mmssf was imported during a stock evaluation')

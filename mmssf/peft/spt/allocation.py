@@ -208,9 +208,9 @@ class Allocation:
         for name, entry in self.structured.items():
             leaf = entry.get('param', 'weight') if isinstance(entry, dict) else 'weight'
             if name not in modules:
+                linear = (n for n, m in modules.items() if isinstance(m, nn.Linear))
                 raise ValueError(f'{where}: structured entry {name!r} is not a module of this '
-                                 f'{type(backbone).__name__} (modules are like '
-                                 f'{_examples(n for n, m in modules.items() if isinstance(m, nn.Linear))})')
+                                 f'{type(backbone).__name__} (modules are like {_examples(linear)})')
             if structured_candidate(backbone, modules, f'{name}.{leaf}', self.kind) is None:
                 raise ValueError(
                     f'{where}: structured entry {name!r} (param {leaf!r}) cannot take a '
