@@ -59,7 +59,7 @@ def test_mmdet_out_pickle_and_show_dir(tmp_path, data):
 
 
 def test_mmdet_out_must_be_a_pickle(tmp_path, data):
-    ckpt = _random_checkpoint(MMDET, tmp_path / 'det.pth')
+    ckpt = str(tmp_path / 'never_read.pth')  # (refused before anything is built or loaded)
     with pytest.raises(AssertionError) as err:
         run_tool(['tools/test.py', MMDET, ckpt, '--out', str(tmp_path / 'p.txt'), '--work-dir',
                   str(tmp_path / 'w'), '--cfg-options'] + data_options(data['coco'], coco=True))

@@ -114,13 +114,16 @@ def test_time_augmentation(cfg, family: str) -> None:
     cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
 
 
-def dump_predictions(cfg, runner, out: str, family: str) -> None:
-    if family == 'mmseg':
-        return  # (set in the config before the runner is built: the evaluator writes them)
-    if not out.endswith(('.pkl', '.pickle')):
+def check_out(out: str, family: str) -> None:
+    if family != 'mmseg' and not out.endswith(('.pkl', '.pickle')):
         raise SystemExit(f'tools/test.py: --out {out}: predictions are written as a pickle '
                          f'(.pkl / .pickle), as upstream {family} does; for metrics use '
                          f'--out-item metrics')
+
+
+def dump_predictions(cfg, runner, out: str, family: str) -> None:
+    if family == 'mmseg':
+        return  # (set in the config before the runner is built: the evaluator writes them)
     if family == 'mmdet':
         from mmdet.evaluation import DumpDetResults
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=out))
@@ -135,6 +138,8 @@ def main():
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
     family = family_of(cfg)
+    if args.out and args.out_item == 'pred':
+        check_out(args.out, family)
     setup_launcher(cfg, args.launcher)
     if args.work_dir is not None:
         cfg.work_dir = args.work_dir
