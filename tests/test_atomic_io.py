@@ -176,3 +176,37 @@ def test_unsafe_file_is_refused_naming_the_file(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match='nope.pth does not exist'):
         load_checkpoint_file(tmp_path / 'nope.pth')
+
+
+# -- publish_model.py ---------------------------------------------------------------------------
+def _publish_tool():
+    import importlib.util
+    import os.path as osp
+
+    from runner_utils import ROOT
+    path = osp.join(ROOT, 'tools/model_converters/publish_model.py')
+    spec = importlib.util.spec_from_file_location('publish_model', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_publish_names_the_file_after_its_sha256_and_check_verifies_it(tmp_path, capsys):
+    import hashlib
+    tool = _publish_tool()
+    src = tmp_path / 'epoch_1_merged.pth'
+    atomic_save(seal_checkpoint(_checkpoint()), src)
+    final = tool.publish(str(src), str(tmp_path / 'ssf_vit.pth'))
+    sha = hashlib.sha256(open(final, 'rb').read()).hexdigest()
+    assert final == str(tmp_path / f'ssf_vit-{sha[:8]}.pth')
+    published = load_checkpoint_file(final)  # (its own digest verifies)
+    assert sorted(published) == ['meta', 'state_dict']
+    assert published['meta']['epoch'] == 1
+    tool.main(['--check', final])
+    assert 'OK' in capsys.readouterr().out
+
+    data = bytearray(open(final, 'rb').read())
+    data[len(data) // 2] ^= 0xFF
+    open(final, 'wb').write(bytes(data))
+    with pytest.raises(SystemExit, match=f'{final} is corrupted or not the published file'):
+        tool.main(['--check', final])

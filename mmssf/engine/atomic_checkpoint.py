@@ -324,6 +324,9 @@ class _RestoreAfterReplay:
     def __iter__(self):
         return self
 
+    def __getattr__(self, name):  # (anything else: the wrapped iterator's)
+        return getattr(self.iterator, name)
+
     def __next__(self):
         if self.replay > 0:
             self.replay -= 1
