@@ -57,8 +57,9 @@ def _saving(work) -> bool:
 
 
 def run_and_kill(cmd, work, rng, log, mode):
-    """Start ``cmd``; SIGKILL it ``mode='save'``: 0-40 ms after a temporary checkpoint file
-    appears (a save is under way), or ``mode='any'``: at a random time while it trains.
+    """Start ``cmd``; SIGKILL it ``mode='save'``: as soon as a temporary checkpoint file
+    appears (a write is under way) or 0-40 ms later (the rest of the save: renames,
+    ``last_checkpoint``, the twin, rotation), or ``mode='any'``: at a random time while it trains.
     Returns True if it was killed, False if it finished first."""
     proc = _start(cmd, log)
     try:
@@ -68,8 +69,8 @@ def run_and_kill(cmd, work, rng, log, mode):
             while proc.poll() is None:
                 now = _saving(work)
                 if now and not seen:
-                    if saves_to_skip == 0:
-                        time.sleep(rng.uniform(0, 0.04))
+                    if saves_to_skip == 0:  # now (inside the write), or later in the save
+                        time.sleep(0 if rng.random() < 0.5 else rng.uniform(0, 0.04))
                         break
                     saves_to_skip -= 1
                 seen = now
