@@ -11,6 +11,11 @@ test that fails without it.
    mmengine's ``HistoryBuffer.__getstate__`` also pickles its statistics functions
    (``getattr(HistoryBuffer, 'min')``): allowing ``getattr`` would allow anything, so instead the
    buffer's pickled state leaves them out (they are class-level and registered at import).
+2. Loads that explain themselves. torch reports an empty, text or truncated ``.pth`` as a bare
+   ``EOFError`` / ``KeyError`` / zip error without the file name, and loads flipped tensor bytes
+   silently. mmengine's local loader is wrapped so that these are errors naming the file and the
+   fault, and the digest mmssf records in its checkpoints is verified (:mod:`mmssf.fileio`,
+   :mod:`mmssf.integrity`).
 """
 import functools
 import pickle
@@ -48,8 +53,13 @@ def pickle_history_buffer_without_functions() -> None:
 
 
 def explain_refused_checkpoints() -> None:
-    """Make mmengine's local checkpoint loader say clearly why an unsafe file is refused."""
+    """Make mmengine's local checkpoint loader say clearly why a file is refused (unsafe,
+    empty, text, truncated, corrupted: :mod:`mmssf.fileio`) and verify the tensor digest mmssf
+    records in the checkpoints it writes (:mod:`mmssf.integrity`), naming the file."""
     from mmengine.runner import checkpoint as ckpt_module
+
+    from .fileio import explain_load_error, refused_error
+    from .integrity import verify_checkpoint
     loader = ckpt_module.CheckpointLoader
     original = ckpt_module.load_from_local
     if getattr(original, '_mmssf_wrapped', False):
@@ -58,13 +68,16 @@ def explain_refused_checkpoints() -> None:
     @functools.wraps(original)
     def load_from_local(filename, map_location):
         try:
-            return original(filename, map_location)
-        except pickle.UnpicklingError as err:
-            raise pickle.UnpicklingError(
-                f'refused to load {filename}: it holds objects that are neither tensors nor '
-                f'plain data, and unpickling them could run code. mmssf keeps torch.load\'s '
-                f'weights_only=True safe loading; convert the file to a plain state dict of '
-                f'tensors from a source you trust. Details: {err}') from None
+            checkpoint = original(filename, map_location)
+        except Exception as err:  # noqa: BLE001  (re-raised unless explained)
+            clear = explain_load_error(filename, err)
+            if clear is not None:
+                raise clear from None
+            if isinstance(err, pickle.UnpicklingError):
+                raise refused_error(filename, err) from None
+            raise
+        verify_checkpoint(checkpoint, filename)
+        return checkpoint
 
     load_from_local._mmssf_wrapped = True
     ckpt_module.load_from_local = load_from_local

@@ -9,7 +9,7 @@ cd "$ROOT"
 VENV="${MMSSF_VENV:-$ROOT/.venv}"
 PY="${MMSSF_PYTHON:-python3.11}"
 CACHE="${MMSSF_CACHE:-$HOME/.cache/mmssf}"
-PIP_FLAGS=(--no-input --progress-bar off)
+PIP_FLAGS=(--no-input)  # pip's own progress bars stay on (the torch download is GBs)
 START=$(date +%s)
 STEP="start"
 
@@ -63,9 +63,12 @@ PY
     log "compiling with -std=$CXX_STD"
     sed -i "s/-std=c++17/-std=$CXX_STD/g" "$SRC/setup.py"
     mkdir -p "$WHEEL_DIR"
+    # pip -v indents the build output: keep ninja's [k/N] lines (shortened to the source file
+    # compiled), errors and the result, so the 10-minute build shows its progress
     ( cd "$SRC" && MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-2}" "${PIP[@]}" wheel "${PIP_FLAGS[@]}" -v \
         --no-build-isolation --no-deps . -w "$WHEEL_DIR" 2>&1 \
-        | grep -E --line-buffered '^\[[0-9]+/[0-9]+\]|error|Error|Successfully|Building wheel' || true )
+        | grep -E --line-buffered '^\s*\[[0-9]+/[0-9]+\]|error:|Error|Successfully|Building wheel' \
+        | sed -u -E 's#^\s*(\[[0-9]+/[0-9]+\]) .* -c (\S*/)?(\S+) -o .*#\1 compiling \3#' || true )
     ls "$WHEEL_DIR"/mmcv-*.whl >/dev/null
     rm -rf "$BUILD"
   else

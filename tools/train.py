@@ -8,7 +8,9 @@ import os
 import os.path as osp
 
 import mmssf  # noqa: F401  (registers mmssf and applies the stack fixes)
+from mmssf.engine.atomic_checkpoint import use_atomic_checkpoints
 from mmssf.engine.checkpoint_check import add_checkpoint_check
+from mmssf.fileio import CheckpointFileError, CheckpointWriteError
 from mmssf.launch import Config, DictAction, setup_launcher
 
 
@@ -56,11 +58,15 @@ def main():
         cfg.load_from = args.resume
 
     add_checkpoint_check(cfg)  # misfitting load_from / --resume / test checkpoints are errors
+    use_atomic_checkpoints(cfg)  # crash-consistent, verified, exactly resumable checkpoints
 
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    runner.train()
+    try:
+        runner.train()
+    except (CheckpointFileError, CheckpointWriteError) as err:  # (the message says it all)
+        raise SystemExit(f'tools/train.py: {err}') from None
 
 
 if __name__ == '__main__':

@@ -1,14 +1,16 @@
 """Re-parameterize at checkpoint save: beside every ``X.pth`` write the stock ``X_merged.pth``."""
 import os.path as osp
 
-import torch
 from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 
+from ..fileio import atomic_save
+from ..integrity import seal_checkpoint
 from ..peft.model_merge import merged_state_dict, peft_summary, tuned_submodules
 from ..registry import HOOKS
+from .merged_twin import repair_on_resume
 
 
 def plain(value):
@@ -100,6 +102,13 @@ class ReparamCheckpointHook(Hook):
         self._written.add(last)
         if not is_main_process():
             return
+        self._write_twin(runner, last, merged_meta_from(getattr(self, '_pending_meta', {})))
+
+    def _twin_of(self, ckpt_path):
+        root, ext = osp.splitext(ckpt_path)
+        return root + self.suffix + ext
+
+    def _write_twin(self, runner, ckpt_path, meta):
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         blockers = [b for _, _, m in tuned_submodules(model) for b in m.merge_blockers()]
         if blockers:
@@ -108,12 +117,19 @@ class ReparamCheckpointHook(Hook):
                           logger='current')
                 self._refusal_logged = True
             return
-        meta = merged_meta_from(getattr(self, '_pending_meta', {}))
-        ckpt = build_merged_checkpoint(model, meta, source=osp.basename(last))
-        root, ext = osp.splitext(last)
-        out = root + self.suffix + ext
-        torch.save(ckpt, out)
+        ckpt = build_merged_checkpoint(model, meta, source=osp.basename(ckpt_path))
+        out = self._twin_of(ckpt_path)
+        atomic_save(seal_checkpoint(ckpt), out)  # (never seen half written; digest in meta)
         print_log(f'ReparamCheckpointHook: merged stock checkpoint saved to {out}', logger='current')
+
+    # on --resume, a missing or broken twin of the resumed X.pth is written again
+    def after_load_checkpoint(self, runner, checkpoint):
+        self._loaded_meta = checkpoint.get('meta', {})
+
+    def before_train(self, runner):
+        if is_main_process():
+            repair_on_resume(runner, self._twin_of, lambda path: self._write_twin(
+                runner, path, merged_meta_from(getattr(self, '_loaded_meta', {}))))
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         self._write_for_last(runner)

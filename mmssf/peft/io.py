@@ -4,6 +4,8 @@ from typing import Dict
 import torch
 from torch import nn
 
+from ..fileio import atomic_save, load_checkpoint_file
+from ..integrity import seal_checkpoint
 from .base import _short, get_peft
 
 
@@ -12,8 +14,8 @@ def save_peft(path: str, backbone: nn.Module, extra_meta: dict = None) -> None:
     method = get_peft(backbone)
     if method is None:
         raise ValueError('backbone is not tuned: apply a PEFT method first')
-    torch.save({'meta': dict(peft=method.describe(), **(extra_meta or {})),
-                'state_dict': method.peft_state_dict(backbone)}, path)
+    atomic_save(seal_checkpoint({'meta': dict(peft=method.describe(), **(extra_meta or {})),
+                                 'state_dict': method.peft_state_dict(backbone)}), path)
 
 
 def load_peft(path: str, backbone: nn.Module) -> dict:
@@ -21,7 +23,10 @@ def load_peft(path: str, backbone: nn.Module) -> dict:
     method = get_peft(backbone)
     if method is None:
         raise ValueError('backbone is not tuned: apply the PEFT method named in the file first')
-    ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    ckpt = load_checkpoint_file(path)  # errors name the file: unsafe, empty, truncated, corrupt
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get('state_dict'), dict):
+        raise ValueError(f'{path} is not a PEFT-only file (save_peft writes a dict with '
+                         f'"state_dict" and "meta"; for a full checkpoint use load_from)')
     saved = ckpt.get('meta', {}).get('peft', {}).get('type')
     if saved is not None and saved != type(method).__name__:
         raise ValueError(f'{path} holds {saved} parameters but the backbone is tuned with '

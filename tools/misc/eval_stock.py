@@ -8,11 +8,31 @@ model code, ``torch.load(weights_only=True)``; it fails if anything imported mms
 """
 import argparse
 import json
+import os.path as osp
+import pickle
 import sys
 import tempfile
+import zipfile
 
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
+
+
+def why_unloadable(path, err) -> str:
+    """What is wrong with a checkpoint torch.load (weights_only) refused, in plain words."""
+    if isinstance(err, pickle.UnpicklingError) and zipfile.is_zipfile(path):
+        return ('it holds objects that are neither tensors nor plain data and unpickling them '
+                f'could run code; refused (torch.load weights_only=True). Details: {err}')
+    if osp.isfile(path):
+        with open(path, 'rb') as f:
+            head = f.read(4)
+        if not head:
+            return 'it is empty (0 bytes)'
+        if head.startswith(b'PK') and not zipfile.is_zipfile(path):
+            return f'it is truncated or corrupted (the zip archive cannot be read: {err})'
+        if not head.startswith((b'PK', b'\x80')):
+            return f'it is not a PyTorch checkpoint (starts with {head!r})'
+    return f'{type(err).__name__}: {err}'
 
 
 def main():
@@ -32,7 +52,11 @@ def main():
     cfg.load_from = None
     runner = Runner.from_cfg(cfg)
     # strict: every stock key present, nothing extra (torch.load stays weights_only=True)
-    runner.load_checkpoint(args.checkpoint, map_location='cpu', strict=True)
+    try:
+        runner.load_checkpoint(args.checkpoint, map_location='cpu', strict=True)
+    except Exception as err:  # noqa: BLE001  (exits naming the file and the fault)
+        reason = why_unloadable(args.checkpoint, err)
+        sys.exit(f'eval_stock: cannot load {args.checkpoint}: {reason}')
     metrics = runner.test()
     if 'mmssf' in sys.modules:
         sys.exit('mmssf was imported during a stock evaluation')

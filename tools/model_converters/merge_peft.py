@@ -15,9 +15,8 @@ The model is built without loading any pretrained weights (the backbone's ``init
 import argparse
 import copy
 import os.path as osp
+import pickle
 import sys
-
-import torch
 
 import mmssf  # noqa: F401  (registers mmssf; its compat lets weights_only load Runner checkpoints)
 from mmengine.config import Config, DictAction
@@ -27,6 +26,8 @@ from mmengine.runner import CheckpointLoader
 from mmengine.utils import import_modules_from_strings
 from mmssf.engine.checkpoint_check import CheckpointMismatchError, check_checkpoint
 from mmssf.engine.reparam_hook import build_merged_checkpoint, merged_meta_from
+from mmssf.fileio import CheckpointFileError, CheckpointWriteError, atomic_save
+from mmssf.integrity import seal_checkpoint
 from mmssf.peft import MergeError
 
 PEFT_TYPES = ('mmssf.PeftBackbone', 'PeftBackbone')
@@ -87,6 +88,7 @@ def _get(node, path):
 def stock_config_text(cfg, config_path) -> str:
     """What to evaluate the merged file with: the stock backbone(s) and stock ``_base_``."""
     lines = []
+    config_path = osp.abspath(config_path)  # (mmengine resolves a local _base_ against it)
     stock = {path: stock_backbone(node) for path, node in peft_backbones(cfg.model.to_dict())}
     snippet = {}
     for path, backbone in stock.items():
@@ -100,8 +102,7 @@ def stock_config_text(cfg, config_path) -> str:
     for base in ([bases] if isinstance(bases, str) else bases):
         try:
             base_path, _ = Config._get_cfg_path(base, config_path)
-            base_path = base_path if osp.isabs(base_path) else osp.join(
-                osp.dirname(config_path), base_path)
+            base_path = osp.normpath(base_path)
             base_cfg = Config.fromfile(base_path)
         except Exception as err:  # noqa: BLE001  (only informative output depends on it)
             lines.append(f'(could not read _base_ {base!r}: {err})')
@@ -140,7 +141,10 @@ def main(argv=None):
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     model = build_model(cfg)
-    checkpoint = CheckpointLoader.load_checkpoint(args.checkpoint, map_location='cpu')
+    try:  # (mmssf's loader: refuses unsafe, empty, truncated or corrupted files, naming them)
+        checkpoint = CheckpointLoader.load_checkpoint(args.checkpoint, map_location='cpu')
+    except (CheckpointFileError, pickle.UnpicklingError, FileNotFoundError) as err:
+        sys.exit(f'merge_peft: {err}')
     try:  # strict: every key of the tuned model, PEFT tensors included, nothing else
         check_checkpoint(model, checkpoint, source=args.checkpoint, allow_missing_peft=False)
     except CheckpointMismatchError as err:
@@ -153,7 +157,10 @@ def main(argv=None):
     out_dir = osp.dirname(osp.abspath(args.out))
     if not osp.isdir(out_dir):
         sys.exit(f'merge_peft: output folder {out_dir} does not exist')
-    torch.save(merged, args.out)
+    try:
+        atomic_save(seal_checkpoint(merged), args.out)
+    except CheckpointWriteError as err:
+        sys.exit(f'merge_peft: {err}')
     methods = ', '.join(f'{d["type"]} on {p}' for p, d in merged['meta']['mmssf']['methods'].items())
     print(f'merge_peft: {methods} merged; stock checkpoint written to {args.out} '
           f'({len(merged["state_dict"])} tensors)')

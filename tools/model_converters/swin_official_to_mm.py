@@ -23,11 +23,15 @@ whole-classifier keys); the backbone arguments the weights need are printed.
 import argparse
 import math
 import os.path as osp
+import pickle
 import re
 import sys
 from collections import OrderedDict
 
 import torch
+
+from mmssf.fileio import CheckpointFileError, atomic_save, load_checkpoint_file
+from mmssf.integrity import seal_checkpoint
 
 _BLOCK = r'layers\.(\d+)\.blocks\.(\d+)\.'
 #: every key of an official Swin (v1) checkpoint
@@ -147,7 +151,7 @@ def backbone_settings(converted, depths) -> dict:
 
 
 def load_source(path):
-    ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    ckpt = load_checkpoint_file(path)
     for key in ('model', 'state_dict'):
         if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
             return ckpt[key]
@@ -160,16 +164,20 @@ def main(argv=None):
     parser.add_argument('dst', help='output .pth')
     parser.add_argument('--prefix', default='', help="prepended to every key, e.g. 'backbone.'")
     args = parser.parse_args(argv)
-    source = load_source(args.src)
+    try:
+        source = load_source(args.src)
+    except (CheckpointFileError, pickle.UnpicklingError, FileNotFoundError) as err:
+        sys.exit(f'swin_official_to_mm: {err}')  # (the message names the file)
     try:
         converted = convert(source)
     except ConversionError as err:
         sys.exit(f'swin_official_to_mm: {args.src}: {err}')
     settings = backbone_settings(converted, check_official(source))
     state_dict = OrderedDict((args.prefix + k, v.contiguous()) for k, v in converted.items())
-    torch.save({'state_dict': state_dict,
-                'meta': dict(source=osp.basename(args.src), converter='swin_official_to_mm',
-                             target='mmpretrain')}, args.dst)
+    atomic_save(seal_checkpoint({'state_dict': state_dict,
+                                 'meta': dict(source=osp.basename(args.src),
+                                              converter='swin_official_to_mm',
+                                              target='mmpretrain')}), args.dst)
     print(f'swin_official_to_mm: {len(state_dict)} tensors -> {args.dst} (mmpretrain '
           f'SwinTransformer keys{", prefix " + repr(args.prefix) if args.prefix else ""})')
     print(f'backbone settings these weights need: {settings}')

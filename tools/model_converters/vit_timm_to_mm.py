@@ -23,11 +23,15 @@ LayerNorm ``eps=1e-6`` (mmpretrain's default; mmseg defaults to 1e-5) and, for m
 import argparse
 import math
 import os.path as osp
+import pickle
 import re
 import sys
 from collections import OrderedDict
 
 import torch
+
+from mmssf.fileio import CheckpointFileError, atomic_save, load_checkpoint_file
+from mmssf.integrity import seal_checkpoint
 
 # (timm key regex, mmpretrain key, mmseg key); None: the target has no such tensor
 _BLOCK = r'blocks\.(\d+)\.'
@@ -185,7 +189,7 @@ def load_source(path):
     if path.endswith('.safetensors'):
         from safetensors.torch import load_file
         return load_file(path), None
-    return _unwrap(torch.load(path, map_location='cpu', weights_only=True)), None
+    return _unwrap(load_checkpoint_file(path)), None
 
 
 def main(argv=None):
@@ -197,14 +201,18 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         source, heads = load_source(args.src)
+    except (CheckpointFileError, pickle.UnpicklingError, FileNotFoundError) as err:
+        sys.exit(f'vit_timm_to_mm: {err}')  # (the message names the file)
+    try:
         converted = convert(source, args.target)
     except ConversionError as err:
         sys.exit(f'vit_timm_to_mm: {args.src}: {err}')
     settings = backbone_settings(converted, args.target, heads)
     state_dict = OrderedDict((args.prefix + k, v.contiguous()) for k, v in converted.items())
-    torch.save({'state_dict': state_dict,
-                'meta': dict(source=osp.basename(args.src), converter='vit_timm_to_mm',
-                             target=args.target)}, args.dst)
+    atomic_save(seal_checkpoint({'state_dict': state_dict,
+                                 'meta': dict(source=osp.basename(args.src),
+                                              converter='vit_timm_to_mm', target=args.target)}),
+                args.dst)
     print(f'vit_timm_to_mm: {len(state_dict)} tensors -> {args.dst} ({args.target} '
           f'VisionTransformer keys{", prefix " + repr(args.prefix) if args.prefix else ""})')
     print(f'backbone settings these weights need: {settings}')

@@ -42,6 +42,7 @@ from torch import nn
 from ..hooks import host_of, weight_and_bias_names
 from ..targets import cls_token_name, find_table
 from .sensitivity import scored_parameters
+from ...fileio import atomic_save, atomic_write_text, load_checkpoint_file  # noqa: I100
 
 KINDS = ('lora', 'adapter')
 INDEX_FILE = 'allocation_indices.pth'
@@ -241,10 +242,10 @@ class Allocation:
 
     def save(self, out_dir: str) -> str:
         os.makedirs(out_dir, exist_ok=True)
-        torch.save({k: v.clone() for k, v in self.unstructured.items()}, osp.join(out_dir, INDEX_FILE))
+        atomic_save({k: v.clone() for k, v in self.unstructured.items()},
+                    osp.join(out_dir, INDEX_FILE))
         path = osp.join(out_dir, 'allocation.json')
-        with open(path, 'w') as f:
-            json.dump(self.summary(), f, indent=1)
+        atomic_write_text(json.dumps(self.summary(), indent=1), path)
         self.path = path
         return path
 
@@ -257,8 +258,14 @@ class Allocation:
                 f'SPT allocation {path} does not exist: compute it first with '
                 f'`python tools/analysis_tools/spt_sensitivity.py CONFIG --budget 0.4M --out '
                 f'{osp.dirname(path) or "."}`')
-        with open(path) as f:
-            info = json.load(f)
+        recompute = ('recompute it with `python tools/analysis_tools/spt_sensitivity.py CONFIG '
+                     '--budget ...`')
+        try:
+            with open(path, encoding='utf-8') as f:
+                info = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f'SPT allocation {path} is not valid JSON ({err}): the file is '
+                             f'truncated or damaged; {recompute}') from None
         if isinstance(info, dict) and isinstance(info.get('version'), int) \
                 and info['version'] < FORMAT_VERSION:
             raise ValueError(
@@ -266,13 +273,28 @@ class Allocation:
                 f'mmssf (before q/k/v blocks, whole vectors and the class token); this mmssf reads '
                 f'format {FORMAT_VERSION}. Recompute it: `python tools/analysis_tools/'
                 f'spt_sensitivity.py CONFIG --budget {_asked(info)} --out {osp.dirname(path) or "."}`')
-        if info.get('version') != FORMAT_VERSION or info.get('kind') not in KINDS:
-            raise ValueError(f'{path} is not an mmssf SPT allocation (version {FORMAT_VERSION})')
+        if not isinstance(info, dict) or info.get('version') != FORMAT_VERSION \
+                or info.get('kind') not in KINDS:
+            raise ValueError(f'{path} is not an mmssf SPT allocation (version {FORMAT_VERSION}, '
+                             f'kind one of {KINDS})')
+        missing = [k for k in ('rank', 'alpha', 'structured', 'unstructured', 'budget', 'backbone',
+                               'indices') if k not in info]
+        if missing:
+            raise ValueError(f'SPT allocation {path} lacks {", ".join(missing)}; {recompute}')
+        if not isinstance(info['structured'], dict) or not isinstance(info['unstructured'], dict):
+            raise ValueError(f'SPT allocation {path}: "structured" and "unstructured" must be '
+                             f'objects (module / parameter name -> entry); {recompute}')
         index_path = osp.join(osp.dirname(path), info['indices'])
-        indices = torch.load(index_path, map_location='cpu', weights_only=True)
+        if not osp.isfile(index_path):
+            raise FileNotFoundError(f'SPT allocation {path} needs its index file {index_path}, '
+                                    f'which does not exist; {recompute}')
+        indices = load_checkpoint_file(index_path)
         counts = info['unstructured']
-        if set(indices) != set(counts) or any(indices[k].numel() != counts[k] for k in counts):
+        if not isinstance(indices, dict) or set(indices) != set(counts) \
+                or any(indices[k].numel() != counts[k] for k in counts):
             raise ValueError(f'{index_path} does not match {path} (entries per parameter differ)')
+        for name, index in indices.items():
+            check_indices(index, name, index_path)
         return cls(kind=info['kind'], rank=info['rank'], alpha=info['alpha'],
                    structured=info['structured'], unstructured=indices, budget=info['budget'],
                    backbone=info['backbone'], sensitivity=info.get('sensitivity', {}),
@@ -302,6 +324,59 @@ class Allocation:
             raise ValueError(f'SPT allocation{where} trains the class token {wanted!r}, which this '
                              f'{mine["table"]} does not have (with_cls_token=False?): recompute it '
                              f'for this config')
+
+        self.check_entries(backbone)
+
+    def check_entries(self, backbone: nn.Module) -> None:
+        """Raise ``ValueError`` naming the entry and the file if a structured entry is not a
+        weight matrix its structured module can wrap (an unknown module, a bias, a norm), or an
+        unstructured entry names an unknown parameter or an index outside it."""
+        where = f'SPT allocation {self.path}' if self.path else 'SPT allocation'
+        modules = dict(backbone.named_modules())
+        params = scored_parameters(backbone)
+        for entry_name, entry in self.structured.items():
+            name, _ = split_block(entry_name)  # 'layers.0.attn.qkv:q' -> the qkv module
+            leaf = entry.get('param', 'weight') if isinstance(entry, dict) else 'weight'
+            if name not in modules:
+                linear = (n for n, m in modules.items() if isinstance(m, nn.Linear))
+                raise ValueError(f'{where}: structured entry {name!r} is not a module of this '
+                                 f'{type(backbone).__name__} (modules are like {_examples(linear)})')
+            if structured_candidate(backbone, modules, f'{name}.{leaf}', self.kind) is None:
+                raise ValueError(
+                    f'{where}: structured entry {name!r} (param {leaf!r}) cannot take a '
+                    f'{self.kind} module: only weight matrices of Linear layers (and the fused '
+                    f'attention\'s in_proj_weight) are tuned structurally; biases and norms are '
+                    f'tuned unstructured')
+        for name, index in self.unstructured.items():
+            if name not in params:
+                raise ValueError(f'{where}: unstructured entry {name!r} is not a tunable '
+                                 f'parameter of this {type(backbone).__name__} (parameters are '
+                                 f'like {_examples(params)})')
+            check_indices(index, name, self.path or 'the allocation', size=params[name].numel())
+
+
+def _examples(names, n: int = 4) -> str:
+    names = list(names)
+    return ', '.join(names[:n]) + (' ...' if len(names) > n else '')
+
+
+def check_indices(index, name: str, source: str, size: Optional[int] = None) -> None:
+    """Unstructured indices of one parameter: 1-D integers, each once, inside the parameter."""
+    if not isinstance(index, torch.Tensor) or index.dim() != 1 or index.is_floating_point() \
+            or index.dtype == torch.bool:
+        raise ValueError(f'{source}: the indices of {name!r} must be a 1-D integer tensor')
+    if index.numel() == 0:
+        return
+    ordered = torch.sort(index).values
+    repeated = ordered[1:][ordered[1:] == ordered[:-1]]
+    if repeated.numel():
+        raise ValueError(f'{source}: {repeated.numel()} duplicate indices for {name!r} (e.g. '
+                         f'{torch.unique(repeated)[:5].tolist()}): each entry can be tuned once; '
+                         f'recompute the allocation')
+    low, high = int(index.min()), int(index.max())
+    if low < 0 or (size is not None and high >= size):
+        raise ValueError(f'{source}: indices of {name!r} out of range ({low}..{high}, the '
+                         f'parameter has {size if size is not None else "?"} entries)')
 
 
 def _asked(info: dict):
