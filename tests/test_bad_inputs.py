@@ -27,7 +27,7 @@ def random_scores(model, seed=0):
 @pytest.fixture
 def allocation(tmp_path):
     model, _ = build_backbone('mmpretrain_vit')
-    path = allocate(random_scores(model), model, 3000, kind='lora', rank=2).save(
+    path = allocate(random_scores(model), model, 2000, kind='lora', rank=2).save(
         str(tmp_path / 'spt'))
     return path
 
