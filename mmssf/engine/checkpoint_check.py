@@ -35,7 +35,7 @@ from torch.nn.modules.module import _IncompatibleKeys
 from ..peft.model_merge import tuned_submodules
 from ..peft.registry_facts import methods_of_tensor
 from ..registry import HOOKS
-from .reparam_hook import record_peft_meta
+from ..peft.merged_checkpoint import record_peft_meta
 
 __all__ = ['CheckpointCheckHook', 'CheckpointMismatchError', 'add_checkpoint_check',
            'check_checkpoint', 'load_report']

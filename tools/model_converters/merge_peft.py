@@ -25,7 +25,7 @@ from mmengine.registry import MODELS, init_default_scope
 from mmengine.runner import CheckpointLoader
 from mmengine.utils import import_modules_from_strings
 from mmssf.engine.checkpoint_check import CheckpointMismatchError, check_checkpoint
-from mmssf.engine.reparam_hook import build_merged_checkpoint, merged_meta_from
+from mmssf.peft.merged_checkpoint import build_merged_checkpoint, merged_meta_from
 from mmssf.fileio import CheckpointFileError, CheckpointWriteError, atomic_save
 from mmssf.integrity import seal_checkpoint
 from mmssf.peft import MergeError
