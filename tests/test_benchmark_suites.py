@@ -188,6 +188,7 @@ def test_result_table_has_both_averages_and_the_paper_columns():
     part = ResultTable(VTAB, 'ssf', 'official', VTAB.tasks, {'dtd': results['dtd']}, paper)
     rows = {r.label: r for r in part.rows()}
     assert rows['mean of 1 tasks'].paper == 75.1 and rows['Natural mean (1/7)'].ours == 76.1
+    assert 'Structured mean' not in part.markdown()
     assert 'not run yet' in part.markdown()
     csv_lines = table.csv().splitlines()
     assert csv_lines[0].startswith('suite,method,protocol,row,group,ours,paper,diff')
@@ -411,3 +412,219 @@ def test_every_recipe_row_builds_at_full_size(suite, parsed_configs):
     if suite is VTAB:
         assert counts['ssf', 'cifar'] == 282724
         assert counts['linear', 'cifar'] == 76900
+
+
+# ---------------------------------------------------------------------------------- harness
+def load_harness():
+    spec = importlib.util.spec_from_file_location(
+        'run_table', osp.join(ROOT, 'tools/benchmarks/run_table.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_harness_bad_data_fails_before_training_naming_the_problem(vtab_root, tmp_path):
+    run_table = load_harness()
+    work = str(tmp_path / 'work')
+
+    def fails(argv, *messages):
+        with pytest.raises(SystemExit) as err:
+            run_table.main(['--suite', 'vtab1k', '--work-dir', work] + argv)
+        for message in messages:
+            assert message in str(err.value), str(err.value)
+
+    fails(['--method', 'ssf', '--data-root', vtab_root, '--tasks', 'cifar100'],
+          "unknown VTAB-1k task 'cifar100'; the 19 are: cifar, caltech101, dtd",
+          'smallnorb_azi, smallnorb_ele')
+    fails(['--method', 'sssf', '--data-root', vtab_root, '--tasks', 'kitti'],
+          "no VTAB-1k recipe for method 'sssf'", 'ssf, rlrr, spt-lora')
+    data = str(tmp_path / 'data')
+    copy_task(vtab_root, 'kitti', tmp_path / 'data')
+    kitti = osp.join(data, 'kitti')
+    fails(['--method', 'ssf', '--data-root', data, '--tasks', 'eurosat'],
+          "VTAB-1k eurosat: VTAB-1k 'eurosat': folder", 'does not exist')
+    with open(osp.join(kitti, 'train800val200.txt'), 'a') as f:
+        f.write('images/train800/000000.jpg 7\n')
+    fails(['--method', 'ssf', '--data-root', data, '--tasks', 'kitti'],
+          'train800val200.txt:13: label 7 is outside 0..3')
+    shutil.rmtree(kitti)
+    copy_task(vtab_root, 'kitti', tmp_path / 'data')
+    os.remove(osp.join(kitti, 'images/test/000002.jpg'))
+    fails(['--method', 'ssf', '--data-root', data, '--tasks', 'kitti'],
+          'test.txt:3: image', '000002.jpg is listed but does not exist')
+    os.remove(osp.join(kitti, 'test.txt'))
+    fails(['--method', 'ssf', '--data-root', data, '--tasks', 'kitti'],
+          'test.txt does not exist (split files in', 'train800, val200, train800val200;')
+    assert not any(name.endswith('.pth') for _, _, names in os.walk(work) for name in names)
+
+
+def test_harness_dry_run_writes_run_configs_and_counts_full_size(vtab_root, tmp_path, capsys):
+    """--dry-run: the run config of each task is written and its ViT-B/16 model built without
+    weights; SSF on the 100-class cifar task has the published 282,724 trainable parameters."""
+    run_table = load_harness()
+    run_table.main(['--suite', 'vtab1k', '--method', 'ssf', '--data-root', vtab_root,
+                    '--tasks', 'cifar', 'kitti', '--work-dir', str(tmp_path), '--dry-run'])
+    out = capsys.readouterr().out
+    assert 'cifar: ssf trainable params: 282,724 ||' in out
+    assert 'kitti: ssf trainable params: 208,900 ||' in out  # 282,724 - 96 * 769
+    assert 'train_scripts/vit/vtab/kitti/train_ssf.sh' in out
+    cfg = Config.fromfile(str(tmp_path / 'vtab1k/ssf/official/kitti/dry_run/configs/train.py'))
+    assert cfg.optim_wrapper.optimizer.lr == 1e-2 and cfg.model.head.num_classes == 4
+    assert cfg.train_dataloader.dataset.ann_file == 'train800val200.txt'
+    assert cfg.test_dataloader.dataset.ann_file == 'test.txt'
+    assert cfg.train_dataloader.dataset.type == 'mmssf.VTAB1k'
+    stock = Config.fromfile(str(tmp_path / 'vtab1k/ssf/official/kitti/dry_run/configs/stock.py'))
+    assert stock.model.backbone.type == 'VisionTransformer' and 'custom_imports' not in stock
+
+
+# Tiny dims for end-to-end harness runs: appended to a generated config that inherits a real
+# suite config (a 2-layer ViT on 32 px images, random init, no dataloader workers).
+TINY_MODEL = '''
+model = dict(
+    backbone=dict(arch=dict(_delete_=True, embed_dims=32, num_layers=2, num_heads=2,
+                            feedforward_channels=64),
+                  img_size=32, patch_size=8, init_cfg=None),
+    head=dict(in_channels=32))
+train_dataloader = dict(num_workers=0, persistent_workers=False)
+test_dataloader = dict(num_workers=0, persistent_workers=False, dataset=dict(pipeline=tiny_test))
+default_hooks = dict(logger=dict(interval=1))
+'''
+TINY = dict(vtab1k='''
+tiny_test = [dict(type='LoadImageFromFile'), dict(type='Resize', scale=32, backend='pillow'),
+             dict(type='PackInputs')]
+train_pipelines = dict(
+    _delete_=True, none=tiny_test,
+    flip=tiny_test[:2] + [dict(type='RandomFlip', prob=0.5, direction='horizontal'),
+                          dict(type='PackInputs')])
+''' + TINY_MODEL, fgvc='''
+tiny_test = [dict(type='LoadImageFromFile'),
+             dict(type='ResizeEdge', scale=36, edge='short', backend='pillow'),
+             dict(type='CenterCrop', crop_size=32), dict(type='PackInputs')]
+train_pipelines = dict(
+    _delete_=True,
+    rrc_flip=[dict(type='LoadImageFromFile'),
+              dict(type='RandomResizedCrop', scale=32, backend='pillow'),
+              dict(type='RandomFlip', prob=0.5, direction='horizontal'), dict(type='PackInputs')],
+    resize_crop_flip=[dict(type='LoadImageFromFile'),
+                      dict(type='ResizeEdge', scale=36, edge='short', backend='pillow'),
+                      dict(type='RandomCrop', crop_size=32),
+                      dict(type='RandomFlip', prob=0.5, direction='horizontal'),
+                      dict(type='PackInputs')])
+''' + TINY_MODEL)
+
+
+def tiny_configs(tmp_path, suite, method):
+    """``(method config, stock config)``: the real suite configs with tiny dims, named as the
+    harness expects (``<method>_<stock name>``)."""
+    folder = tmp_path / 'configs' / suite
+    folder.mkdir(parents=True, exist_ok=True)
+    real = osp.join(ROOT, 'configs', suite)
+    stock = folder / f'vit-tiny_{suite}.py'
+    stock.write_text(f"_base_ = {osp.join(real, f'vit-base-p16_in21k-pre_{suite}.py')!r}\n"
+                     + TINY[suite])
+    cfg = folder / f'{method}_vit-tiny_{suite}.py'
+    cfg.write_text(f"_base_ = {osp.join(real, f'{method}_vit-base-p16_in21k-pre_{suite}.py')!r}"
+                   '\n' + TINY[suite])
+    return str(cfg), str(stock)
+
+
+def harness(argv, timeout=900, **popen):
+    cmd = [PY, 'tools/benchmarks/run_table.py'] + argv
+    env = dict(os.environ, OMP_NUM_THREADS='2')
+    if popen:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, **popen)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_harness_runs_both_suites_for_two_methods_and_skips_finished_tasks(vtab_root,
+                                                                            fgvc_root,
+                                                                            tmp_path):
+    """Acceptance: two VTAB-1k tasks and one FGVC dataset, SSF (merged checkpoints, weight EMA
+    on FGVC) and VPT-deep (not mergeable), through tools/train.py / tools/test.py; the table
+    has both averages and the paper columns; a second invocation trains nothing."""
+    work = str(tmp_path / 'work')
+    runs = dict(vtab1k=(vtab_root, ['eurosat', 'kitti']), fgvc=(fgvc_root, ['oxford_flowers']))
+    for method in ('ssf', 'vpt-deep'):
+        for suite, (data, tasks) in runs.items():
+            config, _ = tiny_configs(tmp_path, suite, method)
+            out = harness(['--suite', suite, '--method', method, '--data-root', data,
+                           '--tasks'] + tasks + ['--work-dir', work, '--config', config,
+                                                 '--epochs', '2', '--check-merged'])
+            assert out.count('training on') == len(tasks)
+            assert '| task | group | ours | paper | diff | trainable params (M) |' in out
+            assert f'mean of {len(tasks)} tasks' in out and 'group means' in out
+            for task in tasks:
+                result = json.load(open(osp.join(work, suite, method, 'official', task,
+                                                 'result.json')))
+                assert result['eval_split'] == 'test' and result['trainable_params'] > 0
+                assert result['train_split'] == get_suite(suite).splits['official'][0]
+                if method == 'ssf':  # merged checkpoint on the stock config == tuned
+                    assert result['evaluated'] == 'merged on stock config'
+                    assert result['accuracy'] == result['accuracy_tuned']
+                else:
+                    assert result['evaluated'] == 'tuned (not mergeable)'
+            table = open(osp.join(work, suite, method, 'official', 'table.csv')).read()
+            assert table.count('\n') == 1 + len(tasks) + (2 if suite == 'vtab1k' else 0) + 2
+    config, _ = tiny_configs(tmp_path, 'vtab1k', 'ssf')
+    again = harness(['--suite', 'vtab1k', '--method', 'ssf', '--data-root', vtab_root,
+                     '--tasks', 'eurosat', 'kitti', '--work-dir', work, '--config', config,
+                     '--epochs', '2', '--check-merged'])
+    assert 'training on' not in again and again.count('finished earlier') == 2
+    assert '| eurosat | Specialized |' in again
+    # another recipe (here: epochs) never reuses nor overwrites a finished result
+    proc = subprocess.run([PY, 'tools/benchmarks/run_table.py', '--suite', 'vtab1k', '--method',
+                           'ssf', '--data-root', vtab_root, '--tasks', 'eurosat', '--work-dir',
+                           work, '--config', config, '--epochs', '3'], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and 'was made with another recipe' in proc.stderr
+
+
+@pytest.mark.slow
+def test_harness_resumes_a_killed_run(vtab_root, tmp_path):
+    """Killed during the second task: the rerun skips the finished task and continues the
+    unfinished training from its last checkpoint."""
+    work = str(tmp_path / 'work')
+    config, _ = tiny_configs(tmp_path, 'vtab1k', 'linear')
+    argv = ['--suite', 'vtab1k', '--method', 'linear', '--data-root', vtab_root, '--tasks',
+            'eurosat', 'kitti', '--work-dir', work, '--config', config, '--epochs', '4',
+            '--cfg-options', 'default_hooks.checkpoint.interval=1']
+    out_dir = osp.join(work, 'vtab1k', 'linear', 'official')
+    proc = harness(argv, start_new_session=True)
+    deadline = time.time() + 600
+    try:
+        while not (osp.isfile(osp.join(out_dir, 'eurosat', 'result.json'))
+                   and osp.isfile(osp.join(out_dir, 'kitti', 'final', 'epoch_2.pth'))):
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            assert time.time() < deadline
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the harness and its training process
+        proc.wait()
+    assert not osp.isfile(osp.join(out_dir, 'kitti', 'result.json'))
+    out = harness(argv)
+    assert 'eurosat: finished earlier' in out and 'kitti/final: resuming' in out
+    assert '| kitti | Structured |' in out and 'not run yet' not in out
+    log = open(osp.join(out_dir, 'kitti', 'final', 'run.log')).read()
+    assert 'resumed checkpoint' in log.lower() or 'resumed' in log.lower()
+
+
+@pytest.mark.slow
+def test_harness_val_protocol_selects_on_val_then_tests_on_test(vtab_root, tmp_path):
+    work = str(tmp_path / 'work')
+    config, _ = tiny_configs(tmp_path, 'vtab1k', 'linear')
+    out = harness(['--suite', 'vtab1k', '--method', 'linear', '--data-root', vtab_root,
+                   '--tasks', 'kitti', '--work-dir', work, '--config', config, '--epochs', '2',
+                   '--protocol', 'val', '--lr-grid', '1e-4', '3e-2'])
+    result = json.load(open(osp.join(work, 'vtab1k/linear/val/kitti/result.json')))
+    assert [s['lr'] for s in result['selection']] == [1e-4, 3e-2]
+    best = max(result['selection'], key=lambda s: s['accuracy'])
+    assert result['lr'] == best['lr'] and result['train_split'] == 'train800val200'
+    for s in ('select_lr0.0001_wd0.05', 'select_lr0.03_wd0.05'):
+        run = json.load(open(osp.join(work, 'vtab1k/linear/val/kitti', s, 'run_result.json')))
+        assert (run['train_split'], run['eval_split']) == ('train800', 'val200')
+    assert 'chose lr' in out

@@ -77,7 +77,7 @@ class ResultTable:
         for group in self.suite.groups:
             key = f'group:{group}'
             if key in mine and len(self.suite.groups) > 1:
-                size = sum(self.suite.group_of[t] == group for t in self.tasks)
+                size = sum(self.suite.group_of[t] == group for t in self.suite.tasks)
                 have = sum(self.suite.group_of[t] == group for t in done)
                 rows.append(Row(f'{group} mean ({have}/{size})', group, mine[key], paper[key]))
                 n_groups += 1

@@ -30,10 +30,12 @@ import os.path as osp
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import replace
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, ROOT)
+warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
 
 import mmssf  # noqa: E402,F401  (stack fixes: weights_only loading of Runner checkpoints)
 from mmssf.benchmarks import (ResultTable, get_suite, load_paper_results,  # noqa: E402
@@ -187,7 +189,9 @@ class Harness:
                          world_size=self.args.gpus, spt_allocation=spt)
         if self.args.cfg_options:
             cfg.merge_from_dict(self.args.cfg_options)
-        train_cfg = osp.join(run_dir, 'train_config.py')
+        # (not in run_dir itself: the Runner dumps its own copy there under the same name)
+        os.makedirs(osp.join(run_dir, 'configs'), exist_ok=True)
+        train_cfg = osp.join(run_dir, 'configs', 'train.py')
         cfg.dump(train_cfg)
         stock_cfg = None
         if self.mergeable:
@@ -195,7 +199,7 @@ class Harness:
                                self.data_root, train_split, eval_split)
             if self.args.cfg_options:
                 stock.merge_from_dict(self.args.cfg_options)
-            stock_cfg = osp.join(run_dir, 'stock_config.py')
+            stock_cfg = osp.join(run_dir, 'configs', 'stock.py')
             stock.dump(stock_cfg)
         return train_cfg, stock_cfg, spt, cfg
 
@@ -227,8 +231,10 @@ class Harness:
                       lr=lr, weight_decay=wd, epochs=recipe.epochs, checkpoint=final,
                       trainable_params=trainable_params(final))
         if self.mergeable:
-            merged = osp.join(run_dir, f'epoch_{recipe.epochs}_final_merged.pth')
-            if not osp.isfile(merged):  # from the checkpoint's weights (the EMA ones with EMA)
+            # merged offline from the checkpoint's weights (with a weight EMA: the EMA weights,
+            # which the checkpoint holds and tools/test.py evaluates)
+            merged = osp.join(run_dir, f'epoch_{recipe.epochs}_stock.pth')
+            if not osp.isfile(merged):
                 run_tool(args, ['tools/model_converters/merge_peft.py', train_cfg, final,
                                 merged], logf)
             result['accuracy'] = self.test(stock_cfg, merged, run_dir, 'merged', logf)
