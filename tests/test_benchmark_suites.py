@@ -10,7 +10,6 @@ import os.path as osp
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -530,7 +529,7 @@ def tiny_configs(tmp_path, suite, method):
 
 def harness(argv, timeout=900, **popen):
     cmd = [PY, 'tools/benchmarks/run_table.py'] + argv
-    env = dict(os.environ, OMP_NUM_THREADS='2')
+    env = dict(os.environ, OMP_NUM_THREADS='1')  # tiny models: one thread is fastest
     if popen:
         return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, **popen)
@@ -580,7 +579,8 @@ def test_harness_runs_both_suites_for_two_methods_and_skips_finished_tasks(vtab_
     proc = subprocess.run([PY, 'tools/benchmarks/run_table.py', '--suite', 'vtab1k', '--method',
                            'ssf', '--data-root', vtab_root, '--tasks', 'eurosat', '--work-dir',
                            work, '--config', config, '--epochs', '3'], cwd=ROOT,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True,
+                          env=dict(os.environ, OMP_NUM_THREADS='1'))
     assert proc.returncode != 0 and 'was made with another recipe' in proc.stderr
 
 

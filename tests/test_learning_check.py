@@ -150,7 +150,8 @@ randomness = dict(seed=0, deterministic=True)
 def write_config(path, base, task, pretrained, lr, peft=None, extra=''):
     text = f'_base_ = {base!r}\n' + TINY.format(
         arch=ARCH, img=IMG, patch=PATCH, pretrained=pretrained, dims=ARCH['embed_dims'],
-        task=task, lr=lr, epochs=EPOCHS, peft=f',\n                  peft={peft!r}' if peft else '') + extra
+        task=task, lr=lr, epochs=EPOCHS,
+        peft=f',\n                  peft={peft!r}' if peft else '') + extra
     with open(path, 'w') as f:
         f.write(text)
     return path

@@ -25,9 +25,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .fgvc import FGVC_DATASETS, fgvc_dataset
+from .fgvc import fgvc_dataset
 from .generate import _generate_once, _save_json, _save_jpeg
-from .vtab import VTAB1K_SPLITS, VTAB1K_TASKS, vtab1k_task
+from .vtab import VTAB1K_SPLITS, vtab1k_task
 
 __all__ = ['make_vtab1k', 'make_fgvc', 'write_vtab1k_task', 'class_image']
 

@@ -60,7 +60,8 @@ def parse_args(argv=None):
     parser.add_argument('--protocol', choices=('official', 'val'), default='official')
     parser.add_argument('--work-dir', default='work_dirs/benchmarks')
     parser.add_argument('--launcher', choices=('none', 'pytorch'), default='none')
-    parser.add_argument('--gpus', type=int, default=1, help='processes per run (--launcher pytorch)')
+    parser.add_argument('--gpus', type=int, default=1,
+                        help='processes per run (--launcher pytorch)')
     parser.add_argument('--amp', action='store_true', help='mixed precision (the scripts use it)')
     parser.add_argument('--config', help='method config (default: configs/<suite>/<method>_...)')
     parser.add_argument('--stock-config', help='stock config for merged checkpoints (default: '
