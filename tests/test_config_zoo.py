@@ -31,7 +31,9 @@ ZOO = osp.join(ROOT, 'configs')
 COUNT_TOOL = 'tools/analysis_tools/count_params.py'
 METHOD_FOLDERS = ('ssf', 'vpt', 'lora', 'adapter', 'bitfit', 'rlrr', 'spt', 'linear', 'full',
                   'dora', 'snell', 'mona')
-NOT_METHOD_FOLDERS = ('_base_', 'demo')  # shared stock bases; the `make demo` configs
+# shared stock bases; the `make demo` configs; the benchmark suites (one config per method and
+# suite, tested by test_benchmark_suites.py)
+NOT_METHOD_FOLDERS = ('_base_', 'demo', 'vtab1k', 'fgvc')
 # config name prefix -> accepted peft types
 PEFT_OF_PREFIX = {
     'ssf': ('SSF', ), 'vpt-shallow': ('VPTShallow', ), 'vpt-deep': ('VPTDeep', ),

@@ -16,6 +16,10 @@ Command line::
 
     python -m mmssf.datasets.generate coco data/coco_tiny
     python -m mmssf.datasets.generate ade20k data/ade_tiny --num-val 2
+    python -m mmssf.datasets.generate vtab1k data/vtab-1k-tiny --tasks dtd eurosat
+    python -m mmssf.datasets.generate fgvc data/fgvc-tiny --tasks cub
+
+(The VTAB-1k and FGVC layouts are written by :mod:`mmssf.datasets.generate_classification`.)
 """
 import argparse
 import json
@@ -482,15 +486,23 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     """Command-line entry point: write one dataset and print its folder."""
     parser = argparse.ArgumentParser(
         prog='python -m mmssf.datasets.generate',
-        description='Write a tiny synthetic dataset in COCO or ADE20K format (reused if present).')
-    parser.add_argument('kind', choices=('coco', 'ade20k'))
+        description='Write a tiny synthetic dataset in COCO, ADE20K, VTAB-1k or FGVC format '
+                    '(reused if present).')
+    parser.add_argument('kind', choices=('coco', 'ade20k', 'vtab1k', 'fgvc'))
     parser.add_argument('root', help='output folder')
-    parser.add_argument('--num-train', type=int, default=8)
-    parser.add_argument('--num-val', type=int, default=4)
+    parser.add_argument('--num-train', type=int, default=8, help='coco / ade20k')
+    parser.add_argument('--num-val', type=int, default=4, help='coco / ade20k')
+    parser.add_argument('--tasks', nargs='+', default=(),
+                        help='vtab1k: task folders (default: dtd eurosat); fgvc: dataset keys '
+                             '(default: cub)')
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args(argv)
-    make = make_coco if args.kind == 'coco' else make_ade20k
-    root = make(args.root, num_train=args.num_train, num_val=args.num_val, seed=args.seed)
+    if args.kind in ('vtab1k', 'fgvc'):
+        from .generate_classification import main as make_classification
+        root = make_classification(args.kind, args.root, args.tasks, args.seed)
+    else:
+        make = make_coco if args.kind == 'coco' else make_ade20k
+        root = make(args.root, num_train=args.num_train, num_val=args.num_val, seed=args.seed)
     print(root)
     return root
 
