@@ -52,6 +52,9 @@ class ReparamCheckpointHook(Hook):
     def before_save_checkpoint(self, runner, checkpoint):
         record_peft_meta(runner.model, checkpoint)
         self._pending_meta = checkpoint.get('meta', {})
+        # the weights X.pth holds: hooks before this one may have replaced the live ones
+        # (EMAHook swaps in its averaged weights), and the twin must merge those
+        self._pending_state = checkpoint.get('state_dict')
 
     def _write_for_last(self, runner):
         last = runner.message_hub.get_info('last_ckpt')
@@ -60,14 +63,16 @@ class ReparamCheckpointHook(Hook):
         self._written.add(last)
         if not is_main_process():
             return
-        self._write_twin(runner, last, merged_meta_from(getattr(self, '_pending_meta', {})))
+        self._write_twin(runner, last, merged_meta_from(getattr(self, '_pending_meta', {})),
+                         state=getattr(self, '_pending_state', None))
 
     def _twin_of(self, ckpt_path):
         root, ext = osp.splitext(ckpt_path)
         return root + self.suffix + ext
 
-    def _write_twin(self, runner, ckpt_path, meta):
+    def _write_twin(self, runner, ckpt_path, meta, state=None):
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        model = _holding(model, state)
         blockers = [b for _, _, m in tuned_submodules(model) for b in m.merge_blockers()]
         if blockers:
             if not self._refusal_logged:
@@ -100,3 +105,17 @@ class ReparamCheckpointHook(Hook):
 
     def after_train(self, runner):
         self._write_for_last(runner)
+
+
+def _holding(model, state):
+    """``model``, or a copy of it holding ``state`` when that differs from its live tensors (EMA
+    weights swapped into the checkpoint)."""
+    if not state:
+        return model
+    live = model.state_dict()
+    if all(k in live and v.data_ptr() == live[k].data_ptr() for k, v in state.items()):
+        return model
+    import copy
+    held = copy.deepcopy(model)
+    held.load_state_dict(state, strict=True)
+    return held
