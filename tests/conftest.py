@@ -79,3 +79,10 @@ def randomize_peft(model, seed=1, std=0.1):
 @pytest.fixture(params=sorted(BACKBONES))
 def backbone_name(request):
     return request.param
+
+
+@pytest.fixture(scope='session')
+def folder_data(tmp_path_factory):
+    """A tiny generated class-per-folder image dataset for the Runner-level tests."""
+    from mmssf.datasets.image_folder import make_image_folder
+    return make_image_folder(str(tmp_path_factory.mktemp('folder')), per_class=2) + '/'

@@ -10,12 +10,6 @@ from runner_utils import CONFIGS, data_options, run_tool, write_peft_config
 CLS = os.path.join(CONFIGS, 'vit-tiny_folder-cls.py')
 
 
-@pytest.fixture(scope='module')
-def folder_data(tmp_path_factory):
-    from mmssf.datasets.image_folder import make_image_folder
-    return make_image_folder(str(tmp_path_factory.mktemp('folder')), per_class=2) + '/'
-
-
 def _weights(path):
     return torch.load(path, weights_only=True)['state_dict']
 

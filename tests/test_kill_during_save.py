@@ -27,12 +27,6 @@ MAX_ITERS = 8
 
 
 @pytest.fixture(scope='module')
-def folder_data(tmp_path_factory):
-    from mmssf.datasets.image_folder import make_image_folder
-    return make_image_folder(str(tmp_path_factory.mktemp('folder')), per_class=2) + '/'
-
-
-@pytest.fixture(scope='module')
 def config(tmp_path_factory):
     return tuned_config(tmp_path_factory.mktemp('cfg'))
 

@@ -17,12 +17,6 @@ TOOL = 'tools/model_converters/merge_peft.py'
 ONE_EPOCH = ['train_cfg.max_epochs=1', 'train_cfg.val_interval=1']
 
 
-@pytest.fixture(scope='module')
-def folder_data(tmp_path_factory):
-    from mmssf.datasets.image_folder import make_image_folder
-    return make_image_folder(str(tmp_path_factory.mktemp('folder')), per_class=2) + '/'
-
-
 def _load(path):
     return torch.load(path, map_location='cpu', weights_only=True)
 
