@@ -388,7 +388,7 @@ def test_every_recipe_row_parses_and_applies_and_each_method_builds(suite, parse
             (method != 'linear')
 
 
-@pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.parametrize('suite', SUITES, ids=lambda s: s.name)
 def test_every_recipe_row_builds_at_full_size(suite, parsed_configs):
     """ViT-B/16 at 224 px for every row (no weights) with the trainable count printed; the

@@ -210,7 +210,7 @@ def _dist_train(config, work, opts, resume=False):
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_resume_with_two_processes_restores_each_ranks_generators(tmp_path, config, folder_data):
     opts = options(folder_data, 'train_cfg.max_iters=4', 'train_dataloader.batch_size=2')
     _dist_train(config, tmp_path / 'full', opts)
@@ -224,7 +224,7 @@ def test_resume_with_two_processes_restores_each_ranks_generators(tmp_path, conf
 
 
 # -- a real small file system -------------------------------------------------------------------
-@pytest.mark.slow
+@pytest.mark.long
 def test_full_small_file_system(tmp_path, config, folder_data, full_run):
     """Checkpoints into a tmpfs (mounted in a user namespace) that holds two checkpoint pairs
     and half of a third: the third save fails clearly and the second stays intact."""

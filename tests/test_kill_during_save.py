@@ -156,7 +156,7 @@ def test_kills_during_saves(tmp_path, config, folder_data, keep, kills):
     assert tried == survived == kills
 
 
-@pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.parametrize('keep,kills', [(1, 12), (3, 12)])
 def test_many_kills_during_saves(tmp_path, config, folder_data, reference, keep, kills):
     work, tried, survived, interrupted = kill_and_resume(tmp_path, config, folder_data, keep,
