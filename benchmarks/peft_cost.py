@@ -28,6 +28,7 @@ Timings never go into unit tests; this script is the place for them. Usage::
 import argparse
 import collections
 import gc
+import inspect
 import json
 import os
 import platform
@@ -62,7 +63,6 @@ LABELS = {'full': 'Full fine-tuning', 'linear': 'Linear probe', 'vpt_shallow': '
 
 def _builds_from_defaults(cls) -> bool:
     """SPT needs an allocation (benchmarks/spt_cost.py measures it)."""
-    import inspect
     return all(p.default is not inspect.Parameter.empty or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
                for name, p in inspect.signature(cls.__init__).parameters.items() if name != 'self')
 
@@ -85,9 +85,10 @@ def registry_methods():
 
 
 METHODS = registry_methods()
-MERGEABLE = tuple(k for k, (_, cfg, variant) in METHODS.items() if variant is None and k not in
-                  ('full', 'linear') and next(c for c in method_classes()
-                                              if c.__name__ == cfg['type']).mergeable)
+_CLASSES = {cls.__name__: cls for cls in method_classes()}
+#: methods whose merged backbone is timed against the stock one (the baselines merge trivially)
+MERGEABLE = tuple(k for k, (_, cfg, variant) in METHODS.items()
+                  if variant is None and k not in ('full', 'linear') and _CLASSES[cfg['type']].mergeable)
 MODELS = collections.OrderedDict([('vit', 'ViT-B/16'), ('swin', 'Swin-T')])
 NUM_CLASSES = 100
 IMG = 224

@@ -18,7 +18,6 @@ test that fails without it.
    :mod:`mmssf.integrity`).
 """
 import functools
-import pickle
 
 import numpy as np
 import torch
@@ -58,7 +57,7 @@ def explain_refused_checkpoints() -> None:
     records in the checkpoints it writes (:mod:`mmssf.integrity`), naming the file."""
     from mmengine.runner import checkpoint as ckpt_module
 
-    from .fileio import explain_load_error, refused_error
+    from .fileio import load_error
     from .integrity import verify_checkpoint
     loader = ckpt_module.CheckpointLoader
     original = ckpt_module.load_from_local
@@ -70,12 +69,10 @@ def explain_refused_checkpoints() -> None:
         try:
             checkpoint = original(filename, map_location)
         except Exception as err:  # noqa: BLE001  (re-raised unless explained)
-            clear = explain_load_error(filename, err)
-            if clear is not None:
-                raise clear from None
-            if isinstance(err, pickle.UnpicklingError):
-                raise refused_error(filename, err) from None
-            raise
+            clear = load_error(filename, err)
+            if clear is None:
+                raise
+            raise clear from None
         verify_checkpoint(checkpoint, filename)
         return checkpoint
 

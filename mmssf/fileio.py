@@ -24,7 +24,7 @@ import zipfile
 import torch
 
 __all__ = ['CheckpointFileError', 'CheckpointWriteError', 'atomic_save', 'atomic_write_bytes',
-           'atomic_write_text', 'explain_load_error', 'is_temp_file', 'load_checkpoint_file',
+           'atomic_write_text', 'explain_load_error', 'load_error', 'is_temp_file', 'load_checkpoint_file',
            'human_bytes']
 
 TMP_MARK = '.tmp-'
@@ -198,6 +198,15 @@ def explain_load_error(path: str, err: BaseException):
     return CheckpointFileError(f'cannot load {path}: {reason}')
 
 
+def load_error(path: str, err: BaseException):
+    """The clear error to raise for ``torch.load`` failing on ``path`` (damaged bytes, or a
+    refused code-running pickle), or None when ``err`` should propagate as it is."""
+    clear = explain_load_error(path, err)
+    if clear is None and isinstance(err, pickle.UnpicklingError):
+        clear = refused_error(path, err)
+    return clear
+
+
 def load_checkpoint_file(path: str, map_location='cpu', verify: bool = True):
     """``torch.load(path, weights_only=True)`` with errors that name the file.
 
@@ -214,12 +223,10 @@ def load_checkpoint_file(path: str, map_location='cpu', verify: bool = True):
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001  (re-raised unless explained)
-        clear = explain_load_error(path, err)
-        if clear is not None:
-            raise clear from None
-        if isinstance(err, pickle.UnpicklingError):
-            raise refused_error(path, err) from None
-        raise
+        clear = load_error(path, err)
+        if clear is None:
+            raise
+        raise clear from None
     if verify:
         from .integrity import verify_checkpoint
         verify_checkpoint(checkpoint, path)

@@ -1,4 +1,5 @@
 """Re-parameterize at checkpoint save: beside every ``X.pth`` write the stock ``X_merged.pth``."""
+import copy
 import os.path as osp
 
 from mmengine.dist import is_main_process
@@ -115,7 +116,6 @@ def _holding(model, state):
     live = model.state_dict()
     if all(k in live and v.data_ptr() == live[k].data_ptr() for k, v in state.items()):
         return model
-    import copy
     held = copy.deepcopy(model)
     held.load_state_dict(state, strict=True)
     return held

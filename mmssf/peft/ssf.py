@@ -14,7 +14,7 @@ from ..registry import PEFT_METHODS
 from .base import MergeError, PeftMethod, PeftUnit
 from .functional import scale_shift
 from .hooks import weight_and_bias_names
-from .options import Option
+from .options import Option, OptionError
 
 
 SSF_ROLES = ('patch_embed', 'patch_embed_norm', 'norm1', 'qkv', 'proj', 'norm2', 'fc1', 'fc2',
@@ -148,7 +148,7 @@ class SSF(PeftMethod):
 
     def __init__(self, targets=None, patch_merging=False, **options):
         if not isinstance(patch_merging, bool):
-            raise ValueError(f'SSF: option patch_merging={patch_merging!r} must be a bool')
+            raise OptionError(f'SSF: option patch_merging={patch_merging!r} must be a bool')
         super().__init__(targets=targets, **options)
         if patch_merging:
             self.default_targets = SSF_ROLES + ('merge_norm', )
