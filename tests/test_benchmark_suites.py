@@ -527,9 +527,9 @@ def tiny_configs(tmp_path, suite, method):
     return str(cfg), str(stock)
 
 
-def harness(argv, timeout=900, **popen):
+def harness(argv, timeout=1800, env=None, **popen):
     cmd = [PY, 'tools/benchmarks/run_table.py'] + argv
-    env = dict(os.environ, OMP_NUM_THREADS='1')  # tiny models: one thread is fastest
+    env = dict(env or os.environ, OMP_NUM_THREADS='1')  # tiny models: one thread is fastest
     if popen:
         return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, **popen)
@@ -584,33 +584,60 @@ def test_harness_runs_both_suites_for_two_methods_and_skips_finished_tasks(vtab_
     assert proc.returncode != 0 and 'was made with another recipe' in proc.stderr
 
 
+def with_kill_hook(config, checkpoint, work_dir_part):
+    """``config`` plus the test-only hook that SIGKILLs the harness's process group once
+    ``last_checkpoint`` names ``checkpoint`` in a work dir containing ``work_dir_part``
+    (:mod:`fault_hooks`)."""
+    hooks = [h.to_dict() if hasattr(h, 'to_dict') else dict(h)
+             for h in Config.fromfile(config).get('custom_hooks', [])]
+    hooks.append(dict(type='KillGroupAfterCheckpoint', checkpoint=checkpoint,
+                      work_dir_part=work_dir_part))
+    method, stock = osp.basename(config).split('_', 1)  # (the harness finds the stock config
+    path = osp.join(osp.dirname(config), f'{method}-killed_{stock}')  # by this name)
+    with open(path, 'w') as f:
+        f.write(f'_base_ = {config!r}\n'
+                "custom_imports = dict(imports=['mmssf', 'fault_hooks'], "
+                'allow_failed_imports=False)\n'
+                f'custom_hooks = {hooks!r}\n')
+    return path
+
+
 @pytest.mark.slow
 def test_harness_resumes_a_killed_run(vtab_root, tmp_path):
-    """Killed during the second task: the rerun skips the finished task and continues the
-    unfinished training from its last checkpoint."""
+    """Killed during the second task, by construction (the training process kills the harness's
+    process group at the start of epoch 3, once epoch 2 is saved): the rerun skips the finished
+    task and continues the unfinished training from epoch 2 — which the log must say, so the
+    test cannot pass unless the kill happened there."""
     work = str(tmp_path / 'work')
     config, _ = tiny_configs(tmp_path, 'vtab1k', 'linear')
+    config = with_kill_hook(config, 'epoch_2.pth', f'{os.sep}kitti{os.sep}')
     argv = ['--suite', 'vtab1k', '--method', 'linear', '--data-root', vtab_root, '--tasks',
             'eurosat', 'kitti', '--work-dir', work, '--config', config, '--epochs', '4',
             '--cfg-options', 'default_hooks.checkpoint.interval=1']
     out_dir = osp.join(work, 'vtab1k', 'linear', 'official')
-    proc = harness(argv, start_new_session=True)
-    deadline = time.time() + 600
+    sentinel = str(tmp_path / 'killed.txt')
+    env = dict(os.environ, MMSSF_TEST_KILL_SENTINEL=sentinel,
+               PYTHONPATH=os.pathsep.join([osp.join(ROOT, 'tests'),
+                                           os.environ.get('PYTHONPATH', '')]))
+    proc = harness(argv, start_new_session=True, env=env)
     try:
-        while not (osp.isfile(osp.join(out_dir, 'eurosat', 'result.json'))
-                   and osp.isfile(osp.join(out_dir, 'kitti', 'final', 'epoch_2.pth'))):
-            assert proc.poll() is None, proc.stdout.read()[-3000:]
-            assert time.time() < deadline
-            time.sleep(0.2)
+        output = proc.communicate(timeout=1800)[0]
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the harness and its training process
-        proc.wait()
+        if proc.poll() is None:  # (only a hung harness is still there)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL, output[-3000:]
+    assert open(sentinel).read().startswith(osp.join(out_dir, 'kitti', 'final'))
+    assert osp.isfile(osp.join(out_dir, 'eurosat', 'result.json'))
+    assert osp.isfile(osp.join(out_dir, 'kitti', 'final', 'epoch_2.pth'))
+    assert not osp.isfile(osp.join(out_dir, 'kitti', 'final', 'epoch_3.pth'))
     assert not osp.isfile(osp.join(out_dir, 'kitti', 'result.json'))
-    out = harness(argv)
+    out = harness(argv, env=dict(os.environ, PYTHONPATH=env['PYTHONPATH']))
     assert 'eurosat: finished earlier' in out and 'kitti/final: resuming' in out
     assert '| kitti | Structured |' in out and 'not run yet' not in out
     log = open(osp.join(out_dir, 'kitti', 'final', 'run.log')).read()
-    assert 'resumed checkpoint' in log.lower() or 'resumed' in log.lower()
+    assert 'resumed epoch: 2' in log.lower(), log[-3000:]
+    assert osp.isfile(osp.join(out_dir, 'kitti', 'final', 'epoch_4.pth'))
 
 
 @pytest.mark.slow
