@@ -23,20 +23,14 @@ import zipfile
 
 import torch
 
+from .checkpoint_errors import CheckpointFileError, CheckpointWriteError
+from .integrity import verify_checkpoint
+
 __all__ = ['CheckpointFileError', 'CheckpointWriteError', 'atomic_save', 'atomic_write_bytes',
            'atomic_write_text', 'explain_load_error', 'load_error', 'is_temp_file', 'load_checkpoint_file',
            'human_bytes']
 
 TMP_MARK = '.tmp-'
-
-
-class CheckpointFileError(RuntimeError):
-    """A checkpoint file cannot be read: empty, not a checkpoint, truncated or corrupted."""
-
-
-class CheckpointWriteError(OSError):
-    """A checkpoint could not be written (disk full, quota, permissions ...); nothing was left
-    under the final name and a previous file of that name is unchanged."""
 
 
 def human_bytes(n: int) -> str:
@@ -228,7 +222,6 @@ def load_checkpoint_file(path: str, map_location='cpu', verify: bool = True):
             raise
         raise clear from None
     if verify:
-        from .integrity import verify_checkpoint
         verify_checkpoint(checkpoint, path)
     return checkpoint
 

@@ -16,16 +16,12 @@ from typing import Iterator, Optional, Tuple
 
 import torch
 
-from .fileio import CheckpointFileError
+from .checkpoint_errors import CorruptCheckpointError
 
 __all__ = ['DIGEST_KEY', 'CorruptCheckpointError', 'payload_sha256', 'seal_checkpoint',
            'verify_checkpoint']
 
 DIGEST_KEY = 'payload_sha256'
-
-
-class CorruptCheckpointError(CheckpointFileError):
-    """A checkpoint's tensors differ from the digest recorded when it was written."""
 
 
 def _tensors(node, path: str) -> Iterator[Tuple[str, torch.Tensor]]:

@@ -457,6 +457,19 @@ def test_harness_bad_data_fails_before_training_naming_the_problem(vtab_root, tm
     assert not any(name.endswith('.pth') for _, _, names in os.walk(work) for name in names)
 
 
+def test_harness_tasks_may_be_comma_separated(vtab_root, tmp_path):
+    """``--tasks dtd,eurosat kitti`` is three tasks (a repeat counts once); a misspelled name in
+    a comma list is named alone, with the valid ones."""
+    run_table = load_harness()
+    base = ['--suite', 'vtab1k', '--method', 'ssf', '--data-root', vtab_root]
+    args = run_table.parse_args(base + ['--tasks', 'dtd,eurosat', 'kitti', 'dtd,'])
+    assert args.tasks == ['dtd', 'eurosat', 'kitti']
+    assert run_table.parse_args(base + ['--tasks', 'dtd', 'eurosat']).tasks == ['dtd', 'eurosat']
+    with pytest.raises(SystemExit) as err:
+        run_table.main(base + ['--work-dir', str(tmp_path), '--tasks', 'dtd,eurosatt'])
+    assert "unknown VTAB-1k task 'eurosatt'; the 19 are: cifar" in str(err.value)
+
+
 def test_harness_dry_run_writes_run_configs_and_counts_full_size(vtab_root, tmp_path, capsys):
     """--dry-run: the run config of each task is written and its ViT-B/16 model built without
     weights; SSF on the 100-class cifar task has the published 282,724 trainable parameters."""

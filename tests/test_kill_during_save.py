@@ -1,6 +1,8 @@
 """``kill -9`` during checkpoint saves: ``tools/train.py`` runs (a checkpoint and its
-``_merged`` twin every iteration) are killed at random moments right after a save began, or at
-random times, and resumed with ``--resume``, again and again, with ``max_keep_ckpts`` 1 and 3.
+``_merged`` twin every iteration) kill themselves (:mod:`fault_hooks`) at a point drawn from a
+seeded generator — inside a write, between the renames of a save, or between saves — and are
+resumed with ``--resume``, again and again, with ``max_keep_ckpts`` 1 and 3. The kill points are
+counted calls, not wall-clock moments, so the test does the same on a fast or a loaded machine.
 
 After every kill: every file under a final name loads and verifies (no truncated file carries a
 final name), ``last_checkpoint`` names a complete checkpoint, at most ``keep + 1`` checkpoints
@@ -15,10 +17,10 @@ import random
 import shutil
 import signal
 import subprocess
-import time
 
 import pytest
 import torch
+from mmengine.config import Config
 
 from durability_utils import options, tuned_config
 from runner_utils import PY, ROOT
@@ -28,7 +30,17 @@ MAX_ITERS = 8
 
 @pytest.fixture(scope='module')
 def config(tmp_path_factory):
-    return tuned_config(tmp_path_factory.mktemp('cfg'))
+    """The tuned config plus the test-only kill hook (inert unless ``MMSSF_TEST_KILL_AT``)."""
+    folder = tmp_path_factory.mktemp('cfg')
+    base = tuned_config(folder)
+    hooks = [dict(h) for h in Config.fromfile(base).get('custom_hooks', [])]
+    path = os.path.join(str(folder), 'ssf_vit_killable.py')
+    with open(path, 'w') as f:
+        f.write(f'_base_ = {base!r}\n'
+                "custom_imports = dict(imports=['mmssf', 'fault_hooks'], "
+                'allow_failed_imports=False)\n'
+                f'custom_hooks = {hooks + [dict(type="KillAtIteration")]!r}\n')
+    return path
 
 
 def _command(config, work, data, keep, resume):
@@ -38,9 +50,13 @@ def _command(config, work, data, keep, resume):
             + (['--resume'] if resume else []) + ['--cfg-options'] + opts)
 
 
-def _start(cmd, log):
-    env = dict(os.environ, OMP_NUM_THREADS='1')
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+def _env(kill_at=None):
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=os.pathsep.join(
+        [os.path.join(ROOT, 'tests'), os.environ.get('PYTHONPATH', '')]))
+    env.pop('MMSSF_TEST_KILL_AT', None)
+    if kill_at:
+        env['MMSSF_TEST_KILL_AT'] = kill_at
+    return env
 
 
 def _saving(work) -> bool:
@@ -50,36 +66,22 @@ def _saving(work) -> bool:
         return False
 
 
-def run_and_kill(cmd, work, rng, log, mode):
-    """Start ``cmd``; SIGKILL it ``mode='save'``: as soon as a temporary checkpoint file
-    appears (a write is under way) or 0-40 ms later (the rest of the save: renames,
-    ``last_checkpoint``, the twin, rotation), or ``mode='any'``: at a random time while it trains.
-    Returns True if it was killed, False if it finished first."""
-    proc = _start(cmd, log)
-    try:
-        if mode == 'save':
-            saves_to_skip = rng.randrange(0, 4)
-            seen = False
-            while proc.poll() is None:
-                now = _saving(work)
-                if now and not seen:
-                    if saves_to_skip == 0:  # now (inside the write), or later in the save
-                        time.sleep(0 if rng.random() < 0.5 else rng.uniform(0, 0.04))
-                        break
-                    saves_to_skip -= 1
-                seen = now
-                time.sleep(0.0005)
-        else:
-            while proc.poll() is None and not os.path.isdir(work):
-                time.sleep(0.01)
-            time.sleep(rng.uniform(0, 1.5))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-        return proc.wait(timeout=300) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+def draw_kill_point(rng):
+    """Where the next run kills itself (:mod:`fault_hooks`), reached by construction: at its
+    K-th fsync (3 of 4: a save under way — the bytes written, not yet renamed, or the folder
+    fsync after a rename) or right after its K-th rename (the rest of the save undone), or
+    before training iteration K (between saves). A save is about six fsyncs and three renames."""
+    kind = rng.choice(['fsync', 'fsync', 'replace', 'iter'])
+    return f'{kind}:{rng.randint(1, MAX_ITERS - 1 if kind == "iter" else 12)}'
+
+
+def run_and_kill(cmd, log, kill_at):
+    """Run ``cmd`` with the kill point ``kill_at``; True if it was killed there, False if it
+    finished first (a resumed run may have fewer saves or iterations left than K)."""
+    code = subprocess.run(cmd, cwd=ROOT, env=_env(kill_at), stdout=log,
+                          stderr=subprocess.STDOUT, timeout=1800).returncode
+    assert code in (0, -signal.SIGKILL), f'{cmd} exited {code}; see the log'
+    return code == -signal.SIGKILL
 
 
 def check_consistent(work, keep):
@@ -105,9 +107,8 @@ def kill_and_resume(tmp_path, config, data, keep, kills, seed):
     with open(tmp_path / f'keep{keep}.log', 'ab') as log:
         first = True
         while tried < kills:
-            mode = 'save' if rng.random() < 0.75 else 'any'
-            killed = run_and_kill(_command(config, work, data, keep, resume=not first), work,
-                                  rng, log, mode)
+            killed = run_and_kill(_command(config, work, data, keep, resume=not first), log,
+                                  draw_kill_point(rng))
             first = False
             if not killed:  # finished before the kill: start over in a fresh folder
                 shutil.rmtree(work)
@@ -118,8 +119,8 @@ def kill_and_resume(tmp_path, config, data, keep, kills, seed):
             check_consistent(work, keep)
             survived += 1
         final = subprocess.run(_command(config, work, data, keep, resume=True), cwd=ROOT,
-                               stdout=log, stderr=subprocess.STDOUT, timeout=600,
-                               env=dict(os.environ, OMP_NUM_THREADS='1'))
+                               stdout=log, stderr=subprocess.STDOUT, timeout=1800,
+                               env=_env())
     assert final.returncode == 0, (tmp_path / f'keep{keep}.log').read_text()[-3000:]
     newest = check_consistent(work, keep)
     assert newest == str(work / f'iter_{MAX_ITERS}.pth')
@@ -137,7 +138,7 @@ def reference(tmp_path_factory, config, folder_data):
     """The same training, never killed."""
     work = tmp_path_factory.mktemp('reference')
     subprocess.run(_command(config, work, folder_data, 1, resume=False), cwd=ROOT, check=True,
-                   capture_output=True, env=dict(os.environ, OMP_NUM_THREADS='1'))
+                   capture_output=True, env=_env())
     return {k: torch.load(work / f'iter_{MAX_ITERS}{k}.pth', weights_only=True)['state_dict']
             for k in ('', '_merged')}
 

@@ -5,12 +5,8 @@ and metrics end to end without downloading anything. Each generator writes its d
 folder on first use and reuses it afterwards; the output depends only on the arguments (fixed
 seeds), needs only numpy, Pillow and pycocotools, and takes well under a second.
 
-Idempotence: a marker file (``.mmssf_dataset.json``) is written first with
-``"complete": false`` and rewritten with ``"complete": true`` as the very last step. A folder
-whose marker is complete and records the same arguments is reused untouched; a folder with an
-incomplete or different marker is regenerated (files the old marker listed but the new dataset
-does not have are removed); a folder holding data but no marker was not written here, and is
-left alone with an error.
+Idempotence (a marker file; an incomplete or foreign folder is never reused or overwritten):
+see :mod:`mmssf.datasets.generated_folder`.
 
 Command line::
 
@@ -22,16 +18,18 @@ Command line::
 (The VTAB-1k and FGVC layouts are written by :mod:`mmssf.datasets.generate_classification`.)
 """
 import argparse
-import json
-import os
 import os.path as osp
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-__all__ = ['COCO_CLASSES', 'COCO_CATEGORIES', 'ADE20K_ROLES', 'make_coco', 'make_ade20k']
+from ..cli import NameList
+from .generate_classification import main as make_classification
+from .generated_folder import MARKER, generate_once, save_jpeg, save_json, save_label_png
+
+__all__ = ['MARKER', 'COCO_CLASSES', 'COCO_CATEGORIES', 'ADE20K_ROLES', 'make_coco', 'make_ade20k']
 
 # Category ids are the real COCO ones (not contiguous), so configs exercise mmdet's
 # cat_id -> label mapping. Pass ``metainfo=dict(classes=COCO_CLASSES)`` to the dataset.
@@ -51,106 +49,19 @@ _ADE_COLOURS = dict(wall=(200, 188, 160), sky=(125, 175, 235), floor=(135, 95, 5
                     tree=(40, 125, 45), person=(200, 60, 60), last=(225, 40, 200))
 _UNLABELED_COLOUR = (60, 60, 60)
 
-MARKER = '.mmssf_dataset.json'
-_FORMAT_VERSION = 1
 _MIN_SIDE = 48
 
 Mask = np.ndarray  # (h, w) bool
 Polygon = List[float]  # COCO flat [x0, y0, x1, y1, ...] in pixel-edge coordinates
 
 
-# ----------------------------------------------------------------------------- idempotence
-def _read_marker(root: str) -> Optional[dict]:
-    """The marker of ``root`` as a dict, or None when there is none (or it is unreadable)."""
-    try:
-        with open(osp.join(root, MARKER)) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
-def _write_marker(root: str, kind: str, params: dict, files: Sequence[str],
-                  complete: bool) -> None:
-    """Atomically (re)write the marker of ``root``."""
-    marker = dict(generator='mmssf.datasets.generate', version=_FORMAT_VERSION, kind=kind,
-                  params=params, complete=complete, files=sorted(files))
-    tmp = osp.join(root, MARKER + '.tmp')
-    with open(tmp, 'w') as f:
-        json.dump(marker, f, indent=1)
-    os.replace(tmp, osp.join(root, MARKER))
-
-
-def _is_reusable(root: str, marker: Optional[dict], kind: str, params: dict) -> bool:
-    """Whether ``marker`` describes a complete dataset of these arguments whose files exist."""
-    return (marker is not None and marker.get('complete') is True
-            and marker.get('version') == _FORMAT_VERSION and marker.get('kind') == kind
-            and marker.get('params') == params
-            and all(osp.isfile(osp.join(root, rel)) for rel in marker.get('files', [])))
-
-
-def _check_not_foreign(root: str, subdirs: Sequence[str]) -> None:
-    """Refuse to write over a dataset (non-empty ``subdirs``) that has no marker of ours."""
-    for sub in subdirs:
-        path = osp.join(root, sub)
-        if osp.isdir(path) and os.listdir(path):
-            raise FileExistsError(
-                f'{path} already holds data that was not written by mmssf.datasets.generate '
-                f'(no {MARKER}); refusing to overwrite it. Use an empty folder.')
-
-
-def _remove_stale(root: str, old_files: Sequence[str], new_files: Sequence[str]) -> None:
-    """Delete files an earlier generation wrote that the new dataset does not contain."""
-    for rel in sorted(set(old_files) - set(new_files)):
-        path = osp.join(root, rel)
-        if osp.isfile(path):
-            os.remove(path)
-
-
-def _generate_once(root: str, kind: str, params: dict, subdirs: Sequence[str],
-                   write: Callable[[str], List[str]]) -> str:
-    """Run ``write(root)`` (returning the relative paths written) unless ``root`` is reusable."""
-    root = str(root)
-    params = json.loads(json.dumps(params))  # tuples -> lists, as the marker stores them
-    marker = _read_marker(root)
-    if _is_reusable(root, marker, kind, params):
-        return root
-    if marker is None:
-        _check_not_foreign(root, subdirs)
-    old_files = marker.get('files', []) if marker else []
-    os.makedirs(root, exist_ok=True)
-    _write_marker(root, kind, params, old_files, complete=False)
-    files = write(root)
-    _remove_stale(root, old_files, files)
-    _write_marker(root, kind, params, files, complete=True)
-    return root
-
-
+# ------------------------------------------------------------------------------ sizes
 def _check_size(img_size: Tuple[int, int]) -> Tuple[int, int]:
     """Validate an ``(h, w)`` image size and return it as a tuple of ints."""
     h, w = (int(v) for v in img_size)
     if min(h, w) < _MIN_SIDE:
         raise ValueError(f'img_size {img_size} is too small: both sides must be >= {_MIN_SIDE}')
     return h, w
-
-
-# ------------------------------------------------------------------------------ file writing
-def _save_jpeg(path: str, pixels: np.ndarray) -> None:
-    """Save an (h, w, 3) float/uint8 array as a JPEG (clipped to 0..255)."""
-    os.makedirs(osp.dirname(path), exist_ok=True)
-    Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8)).save(path, quality=92)
-
-
-def _save_label_png(path: str, labels: np.ndarray) -> None:
-    """Save an (h, w) uint8 label map as a single-channel ('L') PNG."""
-    os.makedirs(osp.dirname(path), exist_ok=True)
-    Image.fromarray(labels.astype(np.uint8)).save(path)
-
-
-def _save_json(path: str, obj: dict) -> None:
-    """Write ``obj`` as compact JSON (byte-identical for identical input)."""
-    os.makedirs(osp.dirname(path), exist_ok=True)
-    with open(path, 'w') as f:
-        json.dump(obj, f, separators=(',', ':'))
 
 
 # ------------------------------------------------------------------------------- pixel tools
@@ -344,14 +255,14 @@ def _write_coco_split(root: str, split: str, split_index: int, num_images: int,
         pixels, objects = _coco_image(rng, h, w, with_edge_cases=index == 0)
         image_id = first_image_id + index
         file_name = f'{image_id:012d}.jpg'
-        _save_jpeg(osp.join(root, f'{split}2017', file_name), pixels)
+        save_jpeg(osp.join(root, f'{split}2017', file_name), pixels)
         files.append(f'{split}2017/{file_name}')
         images.append(dict(id=image_id, file_name=file_name, height=h, width=w))
         for obj in objects:
             annotations.append(_coco_annotation(obj, ann_id, image_id))
             ann_id += 1
     ann_rel = f'annotations/instances_{split}2017.json'
-    _save_json(osp.join(root, ann_rel), dict(
+    save_json(osp.join(root, ann_rel), dict(
         info=dict(description=f'mmssf synthetic COCO ({split})', version='1.0', year=2017),
         licenses=[], images=images, annotations=annotations,
         categories=[dict(cat) for cat in COCO_CATEGORIES]))
@@ -380,7 +291,7 @@ def make_coco(root: str, num_train: int = 8, num_val: int = 4,
         val, _ = _write_coco_split(out, 'val', 1, num_val, num_train + 1, next_ann_id, h, w, seed)
         return train + val
 
-    return _generate_once(root, 'coco', params, ('train2017', 'val2017', 'annotations'), write)
+    return generate_once(root, 'coco', params, ('train2017', 'val2017', 'annotations'), write)
 
 
 # ---------------------------------------------------------------------------- ADE20K scenes
@@ -449,8 +360,8 @@ def _write_ade_split(root: str, split: str, prefix: str, split_index: int, num_i
         rng = np.random.default_rng([seed, split_index, index])
         labels = _ade_scene_labels(rng, h, w, values, with_last=index == 0 or rng.random() < .5)
         name = f'{prefix}_{index + 1:08d}'
-        _save_jpeg(osp.join(root, 'images', split, name + '.jpg'), _ade_render(rng, labels, values))
-        _save_label_png(osp.join(root, 'annotations', split, name + '.png'), labels)
+        save_jpeg(osp.join(root, 'images', split, name + '.jpg'), _ade_render(rng, labels, values))
+        save_label_png(osp.join(root, 'annotations', split, name + '.png'), labels)
         files += [f'images/{split}/{name}.jpg', f'annotations/{split}/{name}.png']
     return files
 
@@ -478,7 +389,7 @@ def make_ade20k(root: str, num_train: int = 8, num_val: int = 4,
         return (_write_ade_split(out, 'training', 'ADE_train', 0, num_train, h, w, values, seed)
                 + _write_ade_split(out, 'validation', 'ADE_val', 1, num_val, h, w, values, seed))
 
-    return _generate_once(root, 'ade20k', params, ('images', 'annotations'), write)
+    return generate_once(root, 'ade20k', params, ('images', 'annotations'), write)
 
 
 # ------------------------------------------------------------------------------------- CLI
@@ -492,13 +403,12 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     parser.add_argument('root', help='output folder')
     parser.add_argument('--num-train', type=int, default=8, help='coco / ade20k')
     parser.add_argument('--num-val', type=int, default=4, help='coco / ade20k')
-    parser.add_argument('--tasks', nargs='+', default=(),
-                        help='vtab1k: task folders (default: dtd eurosat); fgvc: dataset keys '
+    parser.add_argument('--tasks', nargs='+', default=(), action=NameList,
+                        help='space- or comma-separated; vtab1k: task folders (default: dtd eurosat); fgvc: dataset keys '
                              '(default: cub)')
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args(argv)
     if args.kind in ('vtab1k', 'fgvc'):
-        from .generate_classification import main as make_classification
         root = make_classification(args.kind, args.root, args.tasks, args.seed)
     else:
         make = make_coco if args.kind == 'coco' else make_ade20k

@@ -26,7 +26,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .fgvc import fgvc_dataset
-from .generate import _generate_once, _save_json, _save_jpeg
+from .generated_folder import generate_once, save_jpeg, save_json
 from .vtab import VTAB1K_SPLITS, vtab1k_task
 
 __all__ = ['make_vtab1k', 'make_fgvc', 'write_vtab1k_task', 'class_image']
@@ -63,7 +63,7 @@ def write_vtab1k_task(task_root: str,
         lines = []
         for index, (pixels, label) in enumerate(splits[split]):
             rel = f'images/{split}/{index:06d}.jpg'
-            _save_jpeg(osp.join(task_root, rel), pixels)
+            save_jpeg(osp.join(task_root, rel), pixels)
             lines.append(f'{rel} {int(label)}\n')
             files.append(rel)
         with open(osp.join(task_root, f'{split}.txt'), 'w') as f:
@@ -94,7 +94,7 @@ def make_vtab1k(root: str, tasks: Sequence[str] = ('dtd', 'eurosat'), img_size: 
             return write_vtab1k_task(out, splits)
 
         # a task folder without our marker must be empty: never write over real data
-        _generate_once(osp.join(root, task), 'vtab1k', params, ('', ), write)
+        generate_once(osp.join(root, task), 'vtab1k', params, ('', ), write)
     return root
 
 
@@ -122,15 +122,15 @@ def make_fgvc(root: str, datasets: Sequence[str] = ('cub', ), img_size: int = 32
                     label = k % num_classes
                     rel = f'{label:03d}.class_{label}/{split}_{k:05d}.jpg'
                     image = osp.join(info['img_dir'], rel) if info['img_dir'] else rel
-                    _save_jpeg(osp.join(out, image),
+                    save_jpeg(osp.join(out, image),
                                class_image(rng, label, num_classes, img_size))
                     anno[rel] = 3 + 2 * label
                     files.append(image)
-                _save_json(osp.join(out, f'{split}.json'), anno)
+                save_json(osp.join(out, f'{split}.json'), anno)
                 files.append(f'{split}.json')
             return files
 
-        _generate_once(osp.join(root, info['folder']), 'fgvc', params, ('', ), write)
+        generate_once(osp.join(root, info['folder']), 'fgvc', params, ('', ), write)
     return root
 
 

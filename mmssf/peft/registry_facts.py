@@ -12,8 +12,8 @@ from .base import PeftMethod
 
 def method_classes() -> List[type]:
     """Every registered method class once (aliases such as ``'Linear'`` / ``'LinearProbe'``
-    collapse), sorted by class name."""
-    import mmssf.peft  # noqa: F401  (registers the methods)
+    collapse), sorted by class name. (Importing this module runs ``mmssf/peft/__init__.py``
+    first, which registers every method.)"""
     classes = {cls for cls in PEFT_METHODS.module_dict.values()
                if isinstance(cls, type) and issubclass(cls, PeftMethod)}
     return sorted(classes, key=lambda c: c.__name__)

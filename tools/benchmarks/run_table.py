@@ -41,6 +41,7 @@ import mmssf  # noqa: E402,F401  (stack fixes: weights_only loading of Runner ch
 from mmssf.benchmarks import (ResultTable, get_suite, load_paper_results,  # noqa: E402
                               load_recipes, run_config)
 from mmssf.benchmarks.suites import MERGEABLE, SUITES  # noqa: E402
+from mmssf.cli import NameList  # noqa: E402
 from mmssf.launch import Config, DictAction  # noqa: E402
 
 PY = sys.executable
@@ -56,7 +57,8 @@ def parse_args(argv=None):
                         help='VTAB-1k: the folder holding the 19 task folders; FGVC: the folder '
                              'holding CUB_200_2011/, NABirds/, OxfordFlowers/, StanfordDogs/, '
                              'StanfordCars/')
-    parser.add_argument('--tasks', nargs='+', help='default: every task of the suite')
+    parser.add_argument('--tasks', nargs='+', action=NameList,
+                        help='space- or comma-separated (default: every task of the suite)')
     parser.add_argument('--protocol', choices=('official', 'val'), default='official')
     parser.add_argument('--work-dir', default='work_dirs/benchmarks')
     parser.add_argument('--launcher', choices=('none', 'pytorch'), default='none')
