@@ -8,9 +8,12 @@ import sys
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = osp.join(ROOT, 'tests', 'configs')
 PY = sys.executable
+# A guard against a hung child, not a speed limit: no test passes or fails by how fast the
+# machine is (a loaded 2-core machine runs these tiny trainings several times slower).
+HANG_TIMEOUT = 3600
 
 
-def run_tool(args, cwd=ROOT, timeout=600, env=None):
+def run_tool(args, cwd=ROOT, timeout=HANG_TIMEOUT, env=None):
     """Run ``python <args>`` in the repo root; return stdout+stderr, raise with the tail on failure."""
     full_env = dict(os.environ, OMP_NUM_THREADS='2', **(env or {}))
     result = subprocess.run([PY] + list(args), cwd=cwd, capture_output=True, text=True,

@@ -21,7 +21,7 @@ from mmssf.benchmarks.report import ResultTable, averages
 from mmssf.benchmarks.suites import METHODS
 from mmssf.datasets import (FGVC, FGVC_DATASETS, VTAB1K_TASKS, VTAB1k, make_fgvc, make_vtab1k,
                             read_fgvc_split)
-from runner_utils import PY, ROOT
+from runner_utils import HANG_TIMEOUT, PY, ROOT
 
 VTAB, FGVC_SUITE = get_suite('vtab1k'), get_suite('fgvc')
 SUITES = (VTAB, FGVC_SUITE)
@@ -540,7 +540,7 @@ def tiny_configs(tmp_path, suite, method):
     return str(cfg), str(stock)
 
 
-def harness(argv, timeout=1800, env=None, **popen):
+def harness(argv, timeout=HANG_TIMEOUT, env=None, **popen):
     cmd = [PY, 'tools/benchmarks/run_table.py'] + argv
     env = dict(env or os.environ, OMP_NUM_THREADS='1')  # tiny models: one thread is fastest
     if popen:
@@ -634,7 +634,7 @@ def test_harness_resumes_a_killed_run(vtab_root, tmp_path):
                                            os.environ.get('PYTHONPATH', '')]))
     proc = harness(argv, start_new_session=True, env=env)
     try:
-        output = proc.communicate(timeout=1800)[0]
+        output = proc.communicate(timeout=HANG_TIMEOUT)[0]
     finally:
         if proc.poll() is None:  # (only a hung harness is still there)
             os.killpg(proc.pid, signal.SIGKILL)

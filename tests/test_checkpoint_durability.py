@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from durability_utils import build_runner, final_names, load, options, train, tuned_config
-from runner_utils import run_tool
+from runner_utils import HANG_TIMEOUT, run_tool
 
 
 @pytest.fixture(scope='module')
@@ -206,7 +206,7 @@ def _dist_train(config, work, opts, resume=False):
     env = dict(os.environ, PORT=str(port), PYTHON=sys.executable, OMP_NUM_THREADS='1')
     result = subprocess.run(['bash', 'tools/dist_train.sh', config, '2', '--work-dir', str(work)]
                             + (['--resume'] if resume else []) + ['--cfg-options'] + opts,
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=HANG_TIMEOUT)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
 
 

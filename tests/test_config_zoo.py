@@ -25,7 +25,7 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from runner_utils import PY, ROOT
+from runner_utils import HANG_TIMEOUT, PY, ROOT
 
 ZOO = osp.join(ROOT, 'configs')
 COUNT_TOOL = 'tools/analysis_tools/count_params.py'
@@ -243,7 +243,7 @@ def test_count_params_switches_off_every_weight_source():
 def cifar_report():
     """count_params.py over every CIFAR-100 config, once: (result, {config: its output})."""
     result = subprocess.run([PY, COUNT_TOOL] + CIFAR, cwd=ROOT, capture_output=True, text=True,
-                            timeout=1200, env=dict(os.environ, OMP_NUM_THREADS='2'))
+                            timeout=HANG_TIMEOUT, env=dict(os.environ, OMP_NUM_THREADS='2'))
     sections = {}
     for block in re.split(r'^== ', result.stdout, flags=re.M)[1:]:
         name, _, body = block.partition('\n')

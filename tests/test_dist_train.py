@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from runner_utils import ROOT, data_options
+from runner_utils import HANG_TIMEOUT, ROOT, data_options
 
 pytestmark = pytest.mark.slow  # two torchrun processes through the Runner
 
@@ -30,7 +30,7 @@ def test_dist_train_two_cpu_processes(tmp_path):
     result = subprocess.run(
         ['bash', 'tools/dist_train.sh', 'configs/demo/ssf_mask-rcnn_swin-tiny_demo-coco.py', '2',
          '--work-dir', str(work), '--cfg-options'] + opts,
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=HANG_TIMEOUT)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert 'world_size: 2' in output or 'Distributed launcher: pytorch' in output

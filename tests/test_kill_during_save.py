@@ -23,7 +23,7 @@ import torch
 from mmengine.config import Config
 
 from durability_utils import options, tuned_config
-from runner_utils import PY, ROOT
+from runner_utils import HANG_TIMEOUT, PY, ROOT
 
 MAX_ITERS = 8
 
@@ -79,7 +79,7 @@ def run_and_kill(cmd, log, kill_at):
     """Run ``cmd`` with the kill point ``kill_at``; True if it was killed there, False if it
     finished first (a resumed run may have fewer saves or iterations left than K)."""
     code = subprocess.run(cmd, cwd=ROOT, env=_env(kill_at), stdout=log,
-                          stderr=subprocess.STDOUT, timeout=1800).returncode
+                          stderr=subprocess.STDOUT, timeout=HANG_TIMEOUT).returncode
     assert code in (0, -signal.SIGKILL), f'{cmd} exited {code}; see the log'
     return code == -signal.SIGKILL
 
@@ -119,7 +119,7 @@ def kill_and_resume(tmp_path, config, data, keep, kills, seed):
             check_consistent(work, keep)
             survived += 1
         final = subprocess.run(_command(config, work, data, keep, resume=True), cwd=ROOT,
-                               stdout=log, stderr=subprocess.STDOUT, timeout=1800,
+                               stdout=log, stderr=subprocess.STDOUT, timeout=HANG_TIMEOUT,
                                env=_env())
     assert final.returncode == 0, (tmp_path / f'keep{keep}.log').read_text()[-3000:]
     newest = check_consistent(work, keep)

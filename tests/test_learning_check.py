@@ -32,7 +32,7 @@ import pytest
 import torch
 
 from mmssf.datasets.generate_classification import write_vtab1k_task
-from runner_utils import PY, ROOT
+from runner_utils import HANG_TIMEOUT, PY, ROOT
 
 PRE_CLASSES, TUNE_CLASSES = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)
 TRAIN_PER_CLASS, VAL_PER_CLASS = 60, 10
@@ -233,7 +233,7 @@ def test_every_method_learns_beyond_the_linear_probe(tmp_path):
             [PY, str(driver), str(tmp_path / f'jobs{index}.json')], cwd=ROOT, env=env,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     for proc in procs:
-        output = proc.communicate(timeout=900)[0]
+        output = proc.communicate(timeout=HANG_TIMEOUT)[0]
         assert proc.returncode == 0, output[-6000:]
 
     def acc(name, kind):
