@@ -1,4 +1,11 @@
 """mmssf: parameter-efficient fine-tuning of Swin / ViT backbones for OpenMMLab."""
+import os
+
+from . import dependencies
+
+if not os.environ.get('MMSSF_SKIP_VERSION_CHECK'):  # (a clear message, not a later crash)
+    dependencies.check_versions()
+
 from . import compat  # noqa: F401  (patches the pinned stack before anything else runs)
 from .version import __version__
 

@@ -474,12 +474,18 @@ def test_harness_dry_run_writes_run_configs_and_counts_full_size(vtab_root, tmp_
     """--dry-run: the run config of each task is written and its ViT-B/16 model built without
     weights; SSF on the 100-class cifar task has the published 282,724 trainable parameters."""
     run_table = load_harness()
-    run_table.main(['--suite', 'vtab1k', '--method', 'ssf', '--data-root', vtab_root,
+    data = make_vtab1k(str(tmp_path / 'data'), tasks=('cifar', 'kitti'), img_size=16)
+    run_table.main(['--suite', 'vtab1k', '--method', 'ssf', '--data-root', data,
                     '--tasks', 'cifar', 'kitti', '--work-dir', str(tmp_path), '--dry-run'])
     out = capsys.readouterr().out
     assert 'cifar: ssf trainable params: 282,724 ||' in out
     assert 'kitti: ssf trainable params: 208,900 ||' in out  # 282,724 - 96 * 769
     assert 'train_scripts/vit/vtab/kitti/train_ssf.sh' in out
+    assert 'data: 2 task(s) of' in out and 'checked (train800val200, test' in out
+    # (no pretrained file here) said loudly, with the converter
+    assert ('WARNING: pretrained weights pretrain/vit-base-p16_in21k_mmpretrain.pth do not '
+            'exist' in out or 'WARNING: pretrained weights ' + ROOT in out)
+    assert 'tools/model_converters/vit_timm_to_mm.py ViT-B_16.npz' in out
     cfg = Config.fromfile(str(tmp_path / 'vtab1k/ssf/official/kitti/dry_run/configs/train.py'))
     assert cfg.optim_wrapper.optimizer.lr == 1e-2 and cfg.model.head.num_classes == 4
     assert cfg.train_dataloader.dataset.ann_file == 'train800val200.txt'
@@ -487,6 +493,44 @@ def test_harness_dry_run_writes_run_configs_and_counts_full_size(vtab_root, tmp_
     assert cfg.train_dataloader.dataset.type == 'mmssf.VTAB1k'
     stock = Config.fromfile(str(tmp_path / 'vtab1k/ssf/official/kitti/dry_run/configs/stock.py'))
     assert stock.model.backbone.type == 'VisionTransformer' and 'custom_imports' not in stock
+
+
+def test_harness_dry_run_checks_data_and_a_real_run_names_the_weights_converter(vtab_root,
+                                                                                tmp_path):
+    run_table = load_harness()
+    base = ['--suite', 'vtab1k', '--method', 'ssf', '--tasks', 'kitti', '--work-dir',
+            str(tmp_path / 'work')]
+    with pytest.raises(SystemExit) as err:
+        run_table.main(base + ['--data-root', str(tmp_path / 'nowhere'), '--dry-run'])
+    assert 'the VTAB-1k data is not ready' in str(err.value)
+    assert f'data root {tmp_path / "nowhere"} does not exist' in str(err.value)
+    data = tmp_path / 'data'
+    copy_task(vtab_root, 'kitti', data)
+    os.remove(data / 'kitti' / 'test.txt')
+    with pytest.raises(SystemExit) as err:
+        run_table.main(base + ['--data-root', str(data), '--dry-run'])
+    assert 'VTAB-1k kitti test:' in str(err.value) and 'test.txt does not exist' in str(err.value)
+    # a real run without the pretrained file stops before training, naming the converter
+    copy_task(vtab_root, 'kitti', tmp_path / 'data2')
+    with pytest.raises(SystemExit) as err:
+        run_table.main(base + ['--data-root', str(tmp_path / 'data2')])
+    assert 'kitti/final: pretrained weights' in str(err.value)
+    assert 'python tools/model_converters/vit_timm_to_mm.py ViT-B_16.npz ' \
+        'pretrain/vit-base-p16_in21k_mmpretrain.pth --target mmpretrain' in str(err.value)
+    assert not any(n.endswith('.pth') for _, _, names in os.walk(tmp_path / 'work')
+                   for n in names)
+
+
+def test_harness_help_lists_tasks_methods_and_defaults(capsys):
+    run_table = load_harness()
+    with pytest.raises(SystemExit):
+        run_table.parse_args(['--help'])
+    out = capsys.readouterr().out
+    assert 'VTAB-1k tasks (19): cifar, caltech101, dtd' in out and 'smallnorb_ele' in out
+    assert 'FGVC tasks (5): cub, nabirds' in out
+    assert 'methods (--method' in out and 'spt-lora' in out
+    assert '(default: official)' in out  # --protocol
+    assert 'print (and write as markdown + CSV) the table beside the paper\'s numbers.' in out
 
 
 # Tiny dims for end-to-end harness runs: appended to a generated config that inherits a real

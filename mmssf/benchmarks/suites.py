@@ -9,8 +9,9 @@ import os.path as osp
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
-from ..datasets.fgvc import FGVC_DATASETS, read_fgvc_split
-from ..datasets.vtab import VTAB1K_GROUPS, VTAB1K_TASKS, read_vtab1k_list
+from ..datasets.fgvc import FGVC_DATASETS, FGVC_SPLITS, fgvc_split_size, read_fgvc_split
+from ..datasets.vtab import (VTAB1K_GROUPS, VTAB1K_SPLITS, VTAB1K_TASKS, read_vtab1k_list,
+                             vtab1k_split_size)
 from .recipes import Recipe
 
 #: the repository's configs/ folder (recipe and paper tables live beside the configs)
@@ -18,6 +19,12 @@ CONFIG_ROOT = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)
 #: the methods of the zoo; a method config is ``<method>_<stock config name>``
 METHODS = ('ssf', 'rlrr', 'spt-lora', 'spt-adapter', 'lora', 'adapter', 'vpt-deep',
            'vpt-shallow', 'bitfit', 'linear', 'full')
+#: how to make the ImageNet-21k ViT-B/16 file both suites' configs load (``pretrained``)
+PRETRAINED_HOW = ('convert the ImageNet-21k ViT-B/16 of the papers (Google\'s ViT-B_16.npz, '
+                  'https://storage.googleapis.com/vit_models/imagenet21k/ViT-B_16.npz, or its '
+                  'timm .pth) with `python tools/model_converters/vit_timm_to_mm.py ViT-B_16.npz '
+                  '{checkpoint} --target mmpretrain`, or point --cfg-options '
+                  'model.backbone.init_cfg.checkpoint=FILE at a converted file')
 MERGEABLE = ('ssf', 'rlrr', 'spt-lora', 'lora', 'bitfit', 'linear', 'full')
 
 
@@ -37,6 +44,9 @@ class Suite:
     stock_config_name: str
     folder_of: Callable[[str], str]
     reader: Callable[..., list]
+    # every split a prepared folder holds, and its size in the community's preparation
+    all_splits: Tuple[str, ...] = ()
+    split_size: Optional[Callable[[str, str], int]] = None
 
     @property
     def config_dir(self) -> str:
@@ -96,7 +106,8 @@ VTAB1K = Suite(
     labels={t: t for t in VTAB1K_TASKS}, train_augs=('none', 'flip'),
     splits=dict(official=('train800val200', 'test'), select=('train800', 'val200')),
     stock_config_name='vit-base-p16_in21k-pre_vtab1k.py',
-    folder_of=lambda task: task, reader=_vtab_reader)
+    folder_of=lambda task: task, reader=_vtab_reader, all_splits=VTAB1K_SPLITS,
+    split_size=vtab1k_split_size)
 FGVC = Suite(
     name='fgvc', title='FGVC', tasks=tuple(FGVC_DATASETS), groups=('FGVC', ),
     group_of={t: 'FGVC' for t in FGVC_DATASETS},
@@ -105,7 +116,8 @@ FGVC = Suite(
     train_augs=('rrc_flip', 'resize_crop_flip'),
     splits=dict(official=('trainval', 'test'), select=('train', 'val')),
     stock_config_name='vit-base-p16_in21k-pre_fgvc.py',
-    folder_of=lambda task: FGVC_DATASETS[task]['folder'], reader=_fgvc_reader)
+    folder_of=lambda task: FGVC_DATASETS[task]['folder'], reader=_fgvc_reader,
+    all_splits=FGVC_SPLITS, split_size=fgvc_split_size)
 SUITES = {s.name: s for s in (VTAB1K, FGVC)}
 
 

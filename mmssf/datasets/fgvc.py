@@ -26,20 +26,31 @@ from mmpretrain.datasets.base_dataset import BaseDataset
 from ..registry import DATASETS
 
 #: dataset key -> folder name (RLRR's RLRRDatasets/FGVCConfig.py), image folder, classes, name
+#: ``sizes``: images per split of VPT's splits (Jia et al. 2022), as the SSF paper lists them
+#: (Table 8); ``trainval`` is train + val
 FGVC_DATASETS = OrderedDict([
     ('cub', dict(folder='CUB_200_2011', img_dir='images', num_classes=200,
-                 name='CUB-200-2011')),
-    ('nabirds', dict(folder='NABirds', img_dir='images', num_classes=555, name='NABirds')),
+                 name='CUB-200-2011', sizes=dict(train=5394, val=600, test=5794))),
+    ('nabirds', dict(folder='NABirds', img_dir='images', num_classes=555, name='NABirds',
+                     sizes=dict(train=21536, val=2393, test=24633))),
     ('oxford_flowers', dict(folder='OxfordFlowers', img_dir='', num_classes=102,
-                            name='Oxford Flowers')),
+                            name='Oxford Flowers', sizes=dict(train=1020, val=1020, test=6149))),
     ('stanford_dogs', dict(folder='StanfordDogs', img_dir='Images', num_classes=120,
-                           name='Stanford Dogs')),
+                           name='Stanford Dogs', sizes=dict(train=10800, val=1200, test=8580))),
     ('stanford_cars', dict(folder='StanfordCars', img_dir='', num_classes=196,
-                           name='Stanford Cars')),
+                           name='Stanford Cars', sizes=dict(train=7329, val=815, test=8041))),
 ])
 #: ``trainval`` is ``trainval.json`` where present, else train.json + val.json
 FGVC_SPLITS = ('train', 'val', 'trainval', 'test')
 _SPLIT_FILES = ('train', 'val', 'test', 'trainval')
+
+
+def fgvc_split_size(key: str, split: str) -> int:
+    """Images in ``split`` of dataset ``key`` in VPT's splits."""
+    sizes = fgvc_dataset(key)['sizes']
+    if split not in FGVC_SPLITS:
+        raise ValueError(f'unknown FGVC split {split!r}; splits are {", ".join(FGVC_SPLITS)}')
+    return sizes['train'] + sizes['val'] if split == 'trainval' else sizes[split]
 
 
 def fgvc_dataset(key: str) -> dict:

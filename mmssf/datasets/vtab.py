@@ -45,8 +45,27 @@ VTAB1K_TASKS = OrderedDict([
     ('smallnorb_ele', (9, 'Structured')),
 ])
 VTAB1K_GROUPS = ('Natural', 'Specialized', 'Structured')
+#: images of each task's test split (Zhai et al. 2019; listed in the SSF paper, Table 8);
+#: every task has 800 / 200 / 1000 in train800 / val200 / train800val200
+VTAB1K_TEST_SIZES = OrderedDict([
+    ('cifar', 10000), ('caltech101', 6084), ('dtd', 1880), ('oxford_flowers102', 6149),
+    ('oxford_iiit_pet', 3669), ('svhn', 26032), ('sun397', 21750), ('patch_camelyon', 32768),
+    ('eurosat', 5400), ('resisc45', 6300), ('diabetic_retinopathy', 42670),
+    ('clevr_count', 15000), ('clevr_dist', 15000), ('dmlab', 22735), ('kitti', 711),
+    ('dsprites_loc', 73728), ('dsprites_ori', 73728), ('smallnorb_azi', 12150),
+    ('smallnorb_ele', 12150),
+])
+_FIXED_SIZES = dict(train800=800, val200=200, train800val200=1000)
 #: the list files of every task (train800val200 = train800 + val200, as its own image folder)
 VTAB1K_SPLITS = ('train800', 'val200', 'train800val200', 'test')
+
+
+def vtab1k_split_size(task: str, split: str) -> int:
+    """Images in ``split`` of ``task`` as the community's VTAB-1k folders hold them."""
+    vtab1k_task(task)
+    if split not in VTAB1K_SPLITS:
+        raise ValueError(f'unknown VTAB-1k split {split!r}; splits are {", ".join(VTAB1K_SPLITS)}')
+    return VTAB1K_TEST_SIZES[task] if split == 'test' else _FIXED_SIZES[split]
 
 
 def vtab1k_task(task: str) -> Tuple[int, str]:

@@ -40,7 +40,8 @@ warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
 import mmssf  # noqa: E402,F401  (stack fixes: weights_only loading of Runner checkpoints)
 from mmssf.benchmarks import (ResultTable, get_suite, load_paper_results,  # noqa: E402
                               load_recipes, run_config)
-from mmssf.benchmarks.suites import MERGEABLE, SUITES  # noqa: E402
+from mmssf.benchmarks.data_check import find_data_problems, weights_problem  # noqa: E402
+from mmssf.benchmarks.suites import METHODS, MERGEABLE, PRETRAINED_HOW, SUITES  # noqa: E402
 from mmssf.cli import NameList  # noqa: E402
 from mmssf.launch import Config, DictAction  # noqa: E402
 
@@ -48,20 +49,43 @@ PY = sys.executable
 METRIC = 'accuracy/top1'
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The module docstring as written, and each option's default where it has one."""
+
+    def _get_help_string(self, action):
+        text = action.help or ''
+        if action.default not in (None, False, argparse.SUPPRESS) and 'default' not in text:
+            text += ' (default: %(default)s)'
+        return text
+
+
+def _epilog():
+    lines = []
+    for suite in SUITES.values():
+        lines.append(f'{suite.title} tasks ({len(suite.tasks)}): {", ".join(suite.tasks)}')
+    lines.append(f'methods (--method, configs/<suite>/<method>_...py): {", ".join(METHODS)}')
+    lines.append('check a prepared data folder first: '
+                 'tools/dataset_converters/check_benchmark_data.py')
+    return '\n'.join(lines)
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n', 1)[0],
+                                     formatter_class=_HelpFormatter, epilog=_epilog())
     parser.add_argument('--suite', required=True, choices=sorted(SUITES))
-    parser.add_argument('--method', required=True)
+    parser.add_argument('--method', required=True, help='one of the methods listed below')
     parser.add_argument('--data-root', required=True,
                         help='VTAB-1k: the folder holding the 19 task folders; FGVC: the folder '
                              'holding CUB_200_2011/, NABirds/, OxfordFlowers/, StanfordDogs/, '
                              'StanfordCars/')
     parser.add_argument('--tasks', nargs='+', action=NameList,
-                        help='space- or comma-separated (default: every task of the suite)')
-    parser.add_argument('--protocol', choices=('official', 'val'), default='official')
-    parser.add_argument('--work-dir', default='work_dirs/benchmarks')
-    parser.add_argument('--launcher', choices=('none', 'pytorch'), default='none')
+                        help='space- or comma-separated; default: every task of the suite')
+    parser.add_argument('--protocol', choices=('official', 'val'), default='official',
+                        help='official: train on train+val, test the last epoch; val: select '
+                             'lr / wd on val first')
+    parser.add_argument('--work-dir', default='work_dirs/benchmarks', help='output root')
+    parser.add_argument('--launcher', choices=('none', 'pytorch'), default='none',
+                        help='pytorch: torchrun with --gpus processes')
     parser.add_argument('--gpus', type=int, default=1,
                         help='processes per run (--launcher pytorch)')
     parser.add_argument('--amp', action='store_true', help='mixed precision (the scripts use it)')
@@ -77,8 +101,9 @@ def parse_args(argv=None):
     parser.add_argument('--check-merged', action='store_true',
                         help='also test the tuned checkpoint and record both accuracies')
     parser.add_argument('--dry-run', action='store_true',
-                        help='write the run configs, build each model (no weights), print '
-                             'the trainable parameters, train nothing')
+                        help='check the data (files, images, labels) and the pretrained '
+                             'weights, write the run configs, build each model (no weights), '
+                             'print the trainable parameters, train nothing')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='applied to every run config after the recipe')
     args = parser.parse_args(argv)
@@ -219,6 +244,9 @@ class Harness:
                                                             eval_split, recipe, lr, wd)
         logf = osp.join(run_dir, 'run.log')
         started = time.time()
+        missing = self.missing_weights(cfg)
+        if missing:  # (before SPT's scoring and training, not a FileNotFoundError inside them)
+            raise SystemExit(f'{task}/{name}: {missing}')
         if spt and not osp.isfile(spt):
             log(f'{task}/{name}: SPT sensitivity + allocation ({args.spt_budget})')
             run_tool(args, ['tools/analysis_tools/spt_sensitivity.py', train_cfg,
@@ -308,9 +336,29 @@ class Harness:
         write_json_atomic(result_file, result)
         return result
 
-    # -- dry run: configs + model builds, no training
+    def missing_weights(self, cfg):
+        """The line naming the backbone's missing pretrained file and the converter, or None."""
+        init = cfg.model.backbone.get('init_cfg') or {}
+        checkpoint = init.get('checkpoint') if init.get('type') == 'Pretrained' else None
+        if checkpoint and not osp.isabs(checkpoint) and '://' not in checkpoint:
+            checkpoint = osp.join(ROOT, checkpoint)  # (the tools run in the repository root)
+        return weights_problem(checkpoint, PRETRAINED_HOW.format(
+            checkpoint=init.get('checkpoint')))
+
+    # -- dry run: data and weights checked, configs + model builds, no training
     def dry_run(self):
         from mmengine.registry import MODELS, init_default_scope
+        splits = list(self.suite.splits['official'])
+        if self.args.protocol == 'val':
+            splits += list(self.suite.splits['select'])
+        problems = find_data_problems(self.suite, self.data_root, self.tasks, splits,
+                                      check_sizes=False)
+        if problems:
+            raise SystemExit(f'--dry-run: the {self.suite.title} data is not ready '
+                             f'({len(problems)} problem(s)):\n  - ' + '\n  - '.join(problems))
+        log(f'data: {len(self.tasks)} task(s) of {self.data_root} checked ({", ".join(splits)}: '
+            'files, images, labels; sizes: tools/dataset_converters/check_benchmark_data.py)')
+        weights_checked = False
         for task in self.tasks:
             recipe = self.recipes[self.args.method][task]
             run_dir = osp.join(self.out, task, 'dry_run')
@@ -318,6 +366,11 @@ class Harness:
             train_split, eval_split = self.suite.splits['official']
             _, _, spt, cfg = self.write_configs(run_dir, task, train_split, eval_split, recipe,
                                                 recipe.lr, recipe.weight_decay)
+            if not weights_checked:
+                weights_checked = True
+                missing = self.missing_weights(cfg)
+                log(f'WARNING: {missing} (a real run stops here)' if missing
+                    else 'weights: the pretrained file exists (not loaded by --dry-run)')
             model_cfg = cfg.model.copy()
             model_cfg.backbone.init_cfg = None
             if spt:
