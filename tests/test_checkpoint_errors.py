@@ -62,7 +62,7 @@ def test_other_method_names_both(ssf_run, lora_cfg, how):
     if how == 'load_from':
         args.append(f'load_from={ssf_run["ckpt"]}')
     message = _fails(args)
-    assert 'CheckpointMismatchError' in message
+    assert 'tools/train.py: mmssf: cannot' in message  # (the message, not a traceback)
     assert 'trained with SSF on backbone' in message and 'tunes with LoRA on backbone' in message
     assert ssf_run['ckpt'] in message
     assert not osp.exists(ssf_run['tmp'] / f'lora_{how}' / 'epoch_1.pth')
@@ -110,10 +110,12 @@ def test_stock_checkpoint_starts_tuning_but_cannot_resume(ssf_run, lora_cfg):
     # load_from a merged (stock) checkpoint into another method's config: tuning starts from it
     log = run_tool(_train(ssf_run, lora_cfg, 'lora_from_merged') + [f'load_from={ssf_run["merged"]}'])
     assert 'holds no PEFT tensors' in log and 'PEFT tensors start from their initial values' in log
+    assert 'missing keys in source state_dict' not in log  # (one line, not mmengine's key list)
     assert osp.isfile(ssf_run['tmp'] / 'lora_from_merged' / 'epoch_1.pth')
     # --resume continues a run: the PEFT tensors must be in the file
     message = _fails(_train(ssf_run, ssf_run['cfg'], 'resume_merged', '--resume', ssf_run['merged']))
-    assert 'missing in the checkpoint' in message and 'ssf_scale' in message
+    assert 'cannot resume from' in message and 'this is a merged / stock checkpoint' in message
+    assert f'pass the tuned X.pth (here: {ssf_run["ckpt"]}, the file it was merged from)' in message
     assert 'use load_from instead' in message
 
 
@@ -154,13 +156,13 @@ def test_rules_in_process():
                                                       r'layers\.1\..*ssf_'):
         check_checkpoint(_tuned(dict(type='SSF')), {'state_dict': partial})
 
-    # merge tool mode: nothing may be missing, not even PEFT tensors
+    # a stock checkpoint starts tuning (load_from); the merge tool has nothing to merge in it
     stock, _ = build_backbone('mmpretrain_vit')
     report = check_checkpoint(_tuned(dict(type='SSF')), {'state_dict': stock.state_dict()})
     assert report['initial_peft'] and all('ssf_' in k for k in report['initial_peft'])
-    with pytest.raises(CheckpointMismatchError, match='ssf_'):
+    with pytest.raises(CheckpointMismatchError, match='cannot merge .* nothing to merge'):
         check_checkpoint(_tuned(dict(type='SSF')), {'state_dict': stock.state_dict()},
-                         allow_missing_peft=False)
+                         purpose='merge')
 
     # a stock run's resumable checkpoint: starts tuning (load_from), is not resumed by one
     stock_run = {'meta': {'mmssf': {'methods': {}}}, 'state_dict': stock.state_dict()}
@@ -191,3 +193,94 @@ def test_add_checkpoint_check_once():
     own = Config(dict(custom_hooks=[dict(type='mmssf.CheckpointCheckHook', allow_mismatch=['x'])]))
     add_checkpoint_check(own)
     assert len(own.custom_hooks) == 1 and own.custom_hooks[0]['allow_mismatch'] == ['x']
+
+
+# ------------------------------------------------- merged / stock checkpoints (in process)
+def _merged_beside_tuned(tmp_path, model):
+    """``X.pth`` and its ``X_merged.pth`` (the hook's format) of a tuned ``model``, in tmp."""
+    from mmssf.peft.merged_checkpoint import build_merged_checkpoint
+    from mmssf.peft.model_merge import peft_summary
+    tuned = tmp_path / 'epoch_1.pth'
+    torch.save({'state_dict': model.state_dict(), 'meta': {'mmssf': peft_summary(model)}}, tuned)
+    return str(tuned), build_merged_checkpoint(model, source='epoch_1.pth')
+
+
+@pytest.mark.parametrize('purpose', ['test', 'resume', 'merge'])
+def test_merged_checkpoint_only_starts_tuning(tmp_path, purpose):
+    """The silent wrong result: an ``X_merged.pth`` with the tuned config would apply SSF again
+    on weights that already hold it. Only ``load_from`` (start tuning) takes it."""
+    from mmssf.engine.checkpoint_check import StockCheckpointError, check_checkpoint
+    model = _tuned(dict(type='SSF'))
+    tuned, merged = _merged_beside_tuned(tmp_path, model)
+    source = str(tmp_path / 'epoch_1_merged.pth')
+    config = write_peft_config(tmp_path / 'ssf.py', STOCK, 'VisionTransformer', dict(type='SSF'))
+    with pytest.raises(StockCheckpointError) as err:
+        check_checkpoint(_tuned(dict(type='SSF')), merged, source=source, purpose=purpose,
+                         config=config)
+    message = str(err.value)
+    assert 'this is a merged / stock checkpoint' in message
+    assert f'the tuned X.pth (here: {tuned}, the file it was merged from)' in message
+    n_peft = sum('ssf_' in k for k in model.state_dict())
+    assert f'none of the {n_peft} PEFT tensors of this config (SSF on <root>)' in message
+    if purpose == 'resume':
+        assert f'use load_from instead (--cfg-options load_from={source})' in message
+    else:  # the command to run instead, with the tuned config's stock _base_
+        assert f'tools/misc/eval_stock.py {STOCK} {source}' in message
+    # load_from: tuning starts from the merged weights, the PEFT tensors from their init
+    report = check_checkpoint(_tuned(dict(type='SSF')), merged, source=source)
+    assert sorted(report['initial_peft']) == sorted(k for k in model.state_dict() if 'ssf_' in k)
+
+
+def test_stock_checkpoint_without_meta_is_refused_for_testing():
+    from mmssf.engine.checkpoint_check import StockCheckpointError, check_checkpoint
+    stock, _ = build_backbone('mmpretrain_vit')
+    with pytest.raises(StockCheckpointError, match=r'cannot test stock\.pth with this tuned config: '
+                                                   r'this is a merged / stock checkpoint.*'
+                                                   r'eval_stock\.py STOCK_CONFIG stock\.pth.*'
+                                                   r'or pass the tuned X\.pth\.$'):
+        check_checkpoint(_tuned(dict(type='SSF')), {'state_dict': stock.state_dict()},
+                         source='stock.pth', purpose='test')
+    # methods adding no tensors (BitFit, linear probing) have nothing to lose: a full state fits
+    check_checkpoint(_tuned(dict(type='BitFit')), {'state_dict': stock.state_dict()},
+                     purpose='test')
+    with pytest.raises(ValueError, match="purpose='eval'; expected one of"):
+        check_checkpoint(stock, {'state_dict': stock.state_dict()}, purpose='eval')
+
+
+def test_hook_purpose_follows_the_runner():
+    """Runner.train builds its train loop before loading (load_from / resume); Runner.test and
+    Runner.val do not (test)."""
+    from types import SimpleNamespace
+
+    from mmengine.runner.base_loop import BaseLoop
+
+    from mmssf.engine.checkpoint_check import _purpose
+
+    class Loop(BaseLoop):
+        def run(self):
+            pass
+
+    built = Loop.__new__(Loop)
+    assert _purpose(SimpleNamespace(_resume=False, _train_loop=built)) == 'load_from'
+    assert _purpose(SimpleNamespace(_resume=True, _train_loop=built)) == 'resume'
+    assert _purpose(SimpleNamespace(_resume=False, _train_loop=dict(max_epochs=1))) == 'test'
+    assert _purpose(SimpleNamespace(_resume=False, _train_loop=None)) == 'test'
+
+
+def test_load_from_stock_lists_no_missing_peft_keys(tmp_path):
+    """load_from a stock checkpoint: the hook puts the initial PEFT values into the loaded state
+    dict, so mmengine's load (strict here: it would raise on a missing key) finds every key and
+    the PEFT tensors keep their initial values."""
+    from mmengine.runner.checkpoint import _load_checkpoint_to_model
+
+    from mmssf.engine.checkpoint_check import check_checkpoint, keep_initial_values
+    stock, _ = build_backbone('mmpretrain_vit', seed=3)
+    model = _tuned(dict(type='SSF'))
+    initial = {k: v.clone() for k, v in model.state_dict().items() if 'ssf_' in k}
+    checkpoint = {'state_dict': stock.state_dict()}
+    report = check_checkpoint(model, checkpoint, source='stock.pth')
+    keep_initial_values(model, checkpoint, report['initial_peft'])
+    _load_checkpoint_to_model(model, checkpoint, strict=True)
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in initial.items())
+    assert all(torch.equal(state[k], v) for k, v in stock.state_dict().items())

@@ -18,7 +18,7 @@ import warnings
 from copy import deepcopy
 
 import mmssf  # noqa: F401  (registers mmssf and applies the stack fixes)
-from mmssf.engine.checkpoint_check import add_checkpoint_check
+from mmssf.engine.checkpoint_check import CheckpointMismatchError, add_checkpoint_check
 from mmssf.fileio import CheckpointFileError
 from mmssf.launch import Config, DictAction, setup_launcher
 
@@ -167,7 +167,9 @@ def main():
         dump_predictions(cfg, runner, args.out, family)
     try:
         metrics = runner.test()
-    except CheckpointFileError as err:  # (unreadable or corrupted checkpoint: says which, why)
+    except (CheckpointFileError, CheckpointMismatchError) as err:
+        # (unreadable, corrupted or misfitting checkpoint, e.g. a merged one with the tuned
+        # config: the message says which file, why, and what to run instead)
         raise SystemExit(f'tools/test.py: {err}') from None
     if args.out and args.out_item == 'metrics' and runner.rank == 0:
         import mmengine

@@ -9,7 +9,7 @@ import os.path as osp
 
 import mmssf  # noqa: F401  (registers mmssf and applies the stack fixes)
 from mmssf.engine.atomic_checkpoint import use_atomic_checkpoints
-from mmssf.engine.checkpoint_check import add_checkpoint_check
+from mmssf.engine.checkpoint_check import CheckpointMismatchError, add_checkpoint_check
 from mmssf.fileio import CheckpointFileError, CheckpointWriteError
 from mmssf.launch import Config, DictAction, setup_launcher
 
@@ -65,7 +65,8 @@ def main():
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     try:
         runner.train()
-    except (CheckpointFileError, CheckpointWriteError) as err:  # (the message says it all)
+    except (CheckpointFileError, CheckpointWriteError, CheckpointMismatchError) as err:
+        # (the message says it all: which file, what is wrong, what to do)
         raise SystemExit(f'tools/train.py: {err}') from None
 
 

@@ -9,9 +9,13 @@ methods when a PEFT checkpoint meets a config tuned with another one. ``tools/tr
 What is accepted, besides an exact fit:
 
 * ``load_from`` a checkpoint without PEFT tensors (a stock / fully fine-tuned model, an
-  ``X_merged.pth``) into a tuned model: the PEFT tensors keep their initial values — that is how
-  tuning starts from a full-model checkpoint. ``--resume`` never accepts it: resuming continues a
-  run, and the run's PEFT tensors are not in that file.
+  ``X_merged.pth``) into a tuned model *for training*: the PEFT tensors keep their initial
+  values — that is how tuning starts from a full-model checkpoint (one log line says so; the
+  Runner's list of "missing" PEFT keys is not printed). Nothing else accepts it
+  (:class:`StockCheckpointError`): ``--resume`` continues a run whose PEFT tensors are not in
+  that file; testing it with the tuned config would evaluate freshly initialised PEFT tensors
+  — on an ``X_merged.pth``, the method applied a second time on weights that already hold it
+  (a silently wrong result); ``merge_peft.py`` has nothing to merge.
 * BN ``num_batches_tracked`` missing (mmengine ignores it too).
 * keys matching the hook's ``allow_mismatch`` regexes, e.g. a head re-initialised for another
   number of classes:
@@ -22,6 +26,7 @@ the state dict the way the Runner is about to (same recursion, the modules' own 
 resizing hooks included), so what it reports is exactly what the Runner would have only warned
 about.
 """
+import os.path as osp
 import re
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence
@@ -30,23 +35,33 @@ import torch
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.model import BaseTTAModel, is_model_wrapper
+from mmengine.runner.base_loop import BaseLoop
 from torch.nn.modules.module import _IncompatibleKeys
 
 from ..peft.model_merge import tuned_submodules
 from ..peft.registry_facts import methods_of_tensor
-from ..registry import HOOKS
 from ..peft.merged_checkpoint import record_peft_meta
+from ..registry import HOOKS
+from ..stock_config import stock_command
 
-__all__ = ['CheckpointCheckHook', 'CheckpointMismatchError', 'add_checkpoint_check',
-           'check_checkpoint', 'load_report']
+__all__ = ['CheckpointCheckHook', 'CheckpointMismatchError', 'PURPOSES', 'StockCheckpointError',
+           'add_checkpoint_check', 'check_checkpoint', 'load_report']
 
 _SIZE_MISMATCH = re.compile(r'size mismatch for (\S+?): copying a param with shape (.+?) from '
                             r'checkpoint, the shape in current model is (.+?)\.$')
 _LIST = 12
 
+#: what a checkpoint is loaded for: it decides whether a stock / merged one is accepted
+PURPOSES = ('load_from', 'resume', 'test', 'merge')
+
 
 class CheckpointMismatchError(RuntimeError):
     """A checkpoint does not fit the model it is loaded into."""
+
+
+class StockCheckpointError(CheckpointMismatchError):
+    """A merged / stock checkpoint (none of the config's PEFT tensors) given to test, resume or
+    merge a tuned config: only ``load_from`` (to start tuning) accepts it."""
 
 
 def _unwrap(model):
@@ -145,15 +160,23 @@ def _short(keys: Sequence[str]) -> str:
     return ', '.join(keys[:_LIST]) + more
 
 
-def check_checkpoint(model, checkpoint, source: str = 'checkpoint', resume: bool = False,
-                     allow_mismatch: Sequence[str] = (), allow_missing_peft: bool = True,
-                     logger='current') -> dict:
+def check_checkpoint(model, checkpoint, source: str = 'checkpoint', purpose: str = 'load_from',
+                     allow_mismatch: Sequence[str] = (), config: Optional[str] = None,
+                     logger='current', resume: bool = False) -> dict:
     """Raise :class:`CheckpointMismatchError` unless ``checkpoint`` fits ``model`` (see module doc).
 
-    ``model`` receives the tensors that fit (as the Runner's own load would). Returns the
+    ``purpose`` is one of :data:`PURPOSES` (``resume=True`` is short for ``purpose='resume'``);
+    only ``'load_from'`` accepts a checkpoint without the model's PEFT tensors. ``config`` (the
+    tuned config's path) only serves to name its stock ``_base_`` in the messages. ``model``
+    receives the tensors that fit (as the Runner's own load would). Returns the
     :func:`load_report` after the allowed misfits are removed (all lists empty) plus
     ``initial_peft``: the PEFT keys left at their initial values.
     """
+    if resume:
+        purpose = 'resume'
+    if purpose not in PURPOSES:
+        raise ValueError(f'check_checkpoint: purpose={purpose!r}; expected one of {PURPOSES}')
+    resume = purpose == 'resume'
     model = _unwrap(model)
     state_dict = state_dict_of(checkpoint)
     current, saved = model_methods(model), recorded_methods(checkpoint)
@@ -180,6 +203,10 @@ def check_checkpoint(model, checkpoint, source: str = 'checkpoint', resume: bool
             f'mmssf: cannot {action} {source}: it was trained with {_describe(saved)}, but this '
             f'config tunes with {_describe(current)}. {advice[0].upper() + advice[1:]}.')
 
+    if own_peft and not holds_peft and purpose != 'load_from':
+        raise StockCheckpointError(_stock_message(purpose, source, checkpoint, current,
+                                                  len(own_peft), config))
+
     report = load_report(model, state_dict)
     allowed = [re.compile(p) for p in allow_mismatch]
 
@@ -188,7 +215,7 @@ def check_checkpoint(model, checkpoint, source: str = 'checkpoint', resume: bool
 
     missing = [k for k in report['missing'] if 'num_batches_tracked' not in k and keep(k)]
     initial_peft = []
-    if allow_missing_peft and not resume and not holds_peft:
+    if purpose == 'load_from' and not holds_peft:
         initial_peft = [k for k in missing if k in own_peft]
         missing = [k for k in missing if k not in own_peft]
     unexpected = [k for k in report['unexpected'] if keep(k)]
@@ -211,10 +238,41 @@ def check_checkpoint(model, checkpoint, source: str = 'checkpoint', resume: bool
                      "type='mmssf.CheckpointCheckHook', allow_mismatch=[r'head\\.fc'])]")
         raise CheckpointMismatchError('\n'.join(lines))
     if initial_peft:
-        print_log(f'mmssf: {source} holds no PEFT tensors (a stock or merged checkpoint): '
+        print_log(f'mmssf: load_from {source} holds no PEFT tensors (a stock or merged '
+                  f'checkpoint): tuning starts from its weights; for {_describe(current)}, '
                   f'{len(initial_peft)} PEFT tensors start from their initial values',
                   logger=logger)
     return dict(missing=[], unexpected=[], mismatched=[], errors=[], initial_peft=initial_peft)
+
+
+def _merged_from(checkpoint, source: str) -> str:
+    """`` (here: DIR/X.pth, the file it was merged from)`` when the merged file's meta names
+    its tuned checkpoint and that file is beside it; ``''`` otherwise."""
+    meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
+    name = meta.get('source_checkpoint') if isinstance(meta, dict) else None
+    if not isinstance(name, str) or not name:
+        return ''
+    tuned = osp.join(osp.dirname(str(source)), name)
+    return f' (here: {tuned}, the file it was merged from)' if osp.isfile(tuned) else \
+        f' (it was merged from {name})'
+
+
+def _stock_message(purpose, source, checkpoint, current, n_peft, config) -> str:
+    what = (f'this is a merged / stock checkpoint: it holds none of the {n_peft} PEFT tensors '
+            f'of this config ({_describe(current)})')
+    tuned = 'the tuned X.pth' + _merged_from(checkpoint, source)
+    stock = stock_command(config, source)
+    if purpose == 'test':
+        return (f'mmssf: cannot test {source} with this tuned config: {what}. With it they would '
+                f'start from their initial values, and on merged weights the method would be '
+                f'applied a second time: a wrong result, silently. Test it with the stock config '
+                f'({stock}, or tools/test.py with that config) or pass {tuned}.')
+    if purpose == 'resume':
+        return (f'mmssf: cannot resume from {source}: {what}. --resume continues a run and needs '
+                f'its PEFT tensors: pass {tuned}. To start tuning from these weights, use '
+                f'load_from instead (--cfg-options load_from={source}).')
+    return (f'mmssf: cannot merge {source}: {what}, so there is nothing to merge. Evaluate it with '
+            f'the stock config ({stock}) or merge {tuned}.')
 
 
 def _hints(model, current, saved, foreign_peft, missing, own_peft, resume) -> List[str]:
@@ -232,6 +290,26 @@ def _hints(model, current, saved, foreign_peft, missing, own_peft, resume) -> Li
         hints.append('  hint: --resume needs the PEFT tensors of the run it continues; to start '
                      'tuning from a stock or merged checkpoint use load_from instead')
     return hints
+
+
+def _purpose(runner) -> str:
+    """What the runner loads for: ``'resume'``, ``'load_from'`` (train: its train loop is built
+    before ``load_or_resume``) or ``'test'`` (``Runner.test`` / ``Runner.val``)."""
+    if getattr(runner, '_resume', False):
+        return 'resume'
+    return 'load_from' if isinstance(getattr(runner, '_train_loop', None), BaseLoop) else 'test'
+
+
+def keep_initial_values(model, checkpoint, keys: Sequence[str]) -> None:
+    """Put the model's own (initial) values of ``keys`` into ``checkpoint``'s state dict, so that
+    the Runner's load right after copies them back unchanged and does not list them as missing
+    (the one log line of :func:`check_checkpoint` has said it)."""
+    if not keys:
+        return
+    state_dict = checkpoint['state_dict'] if 'state_dict' in checkpoint else checkpoint
+    own = _unwrap(model).state_dict()
+    for key in keys:
+        state_dict[key] = own[key].detach().clone()
 
 
 def _checkpoint_name(runner) -> str:
@@ -262,9 +340,10 @@ class CheckpointCheckHook(Hook):
         record_peft_meta(runner.model, checkpoint)
 
     def after_load_checkpoint(self, runner, checkpoint):
-        check_checkpoint(runner.model, checkpoint, source=_checkpoint_name(runner),
-                         resume=bool(getattr(runner, '_resume', False)),
-                         allow_mismatch=self.allow_mismatch)
+        report = check_checkpoint(runner.model, checkpoint, source=_checkpoint_name(runner),
+                                  purpose=_purpose(runner), allow_mismatch=self.allow_mismatch,
+                                  config=getattr(runner.cfg, 'filename', None))
+        keep_initial_values(runner.model, checkpoint, report['initial_peft'])
 
 
 def add_checkpoint_check(cfg) -> None:
