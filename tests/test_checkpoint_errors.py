@@ -7,6 +7,7 @@ unexpected and mis-shaped keys, where mmengine would only warn and train on rand
 A stock / merged checkpoint may still start tuning (``load_from``), and ``allow_mismatch`` accepts
 the misfits a user expects.
 """
+import argparse
 import os.path as osp
 
 import pytest
@@ -96,13 +97,13 @@ def test_misfitting_keys_are_listed(ssf_run):
     assert 'unexpected, not in the model (1): backbone.extra.weight' in message
     assert (f'shape mismatch (1): head.layers.head.weight (checkpoint torch.Size([5, {width}]), '
             f'model torch.Size([3, {width}]))') in message
-    assert 'allow_mismatch' in message  # how to accept misfits on purpose
+    # how to accept exactly these misfits on purpose: regexes computed from the keys
+    option = ('checkpoint_allow_mismatch=[^backbone\\.extra\\.,^backbone\\.layers\\.1\\.ln2\\.,'
+              '^head\\.layers\\.head\\.]')
+    assert f'--cfg-options "{option}"' in message
 
-    # the user says which misfits are expected: training goes on
-    allowing = ssf_run['tmp'] / 'allowing.py'
-    allowing.write_text(f'_base_ = {STOCK!r}\ncustom_hooks = [dict(type="mmssf.CheckpointCheckHook", '
-                        f'allow_mismatch=[r"^head\\.layers\\.head\\.", r"ln2\\.bias$", r"^backbone\\.extra"])]\n')
-    log = run_tool(_train(ssf_run, str(allowing), 'allowed') + [f'load_from={bad}'])
+    # the user says which misfits are expected (the option as printed): training goes on
+    log = run_tool(_train(ssf_run, STOCK, 'allowed') + [f'load_from={bad}', option])
     assert osp.isfile(ssf_run['tmp'] / 'allowed' / 'epoch_1.pth') and 'Load checkpoint' in log
 
 
@@ -284,3 +285,55 @@ def test_load_from_stock_lists_no_missing_peft_keys(tmp_path):
     state = model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in initial.items())
     assert all(torch.equal(state[k], v) for k, v in stock.state_dict().items())
+
+
+# ------------------------------------------------------- allow_mismatch, computed and settable
+def _detector(num_classes):
+    """The head modules of a Mask R-CNN whose shapes follow the number of classes."""
+    from torch import nn
+    return nn.ModuleDict(dict(
+        backbone=nn.Linear(4, 4),
+        roi_head=nn.ModuleDict(dict(
+            bbox_head=nn.ModuleDict(dict(fc_cls=nn.Linear(8, num_classes + 1),
+                                         fc_reg=nn.Linear(8, 4 * num_classes))),
+            mask_head=nn.ModuleDict(dict(conv_logits=nn.Conv2d(8, num_classes, 1)))))))
+
+
+def test_suggested_allow_mismatch_covers_every_misfit():
+    """A COCO detector fine-tuned on 3 classes: the suggestion covers the mask head too (it was
+    a fixed ``head\\.fc`` that did not), and with it the load goes through."""
+    from mmssf.engine import CheckpointMismatchError
+    from mmssf.engine.checkpoint_check import check_checkpoint, mismatch_patterns
+    coco = {'state_dict': _detector(80).state_dict()}
+    with pytest.raises(CheckpointMismatchError) as err:
+        check_checkpoint(_detector(3), coco, allow_mismatch=[r'head\.fc_cls'])
+    patterns = [r'^roi_head\.bbox_head\.fc_reg\.', r'^roi_head\.mask_head\.conv_logits\.']
+    assert f'"checkpoint_allow_mismatch=[{",".join(patterns)}]"' in str(err.value)
+    assert "allow_mismatch now: ['head\\\\.fc_cls'], which does not cover these keys" \
+        in str(err.value)
+    check_checkpoint(_detector(3), coco, allow_mismatch=[r'head\.fc_cls'] + patterns)
+
+    keys = ['cls_token'] + [f'layers.{i}.ffn.fc{j}.weight' for i in range(20) for j in (1, 2)]
+    assert mismatch_patterns(keys) == [r'^layers\.', r'^cls_token$']  # (past 12: the parents)
+
+
+def test_checkpoint_allow_mismatch_from_the_command_line():
+    from mmengine.config import Config, DictAction
+
+    from mmssf.engine.checkpoint_check import CheckpointCheckHook, add_checkpoint_check
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    option = r'checkpoint_allow_mismatch=[^roi_head\.bbox_head\.,^roi_head\.mask_head\.conv_logits\.]'
+    cfg = Config(dict(custom_hooks=[dict(type='mmssf.CheckpointCheckHook', allow_mismatch='x')]))
+    cfg.merge_from_dict(parser.parse_args(['--cfg-options', option]).cfg_options)
+    add_checkpoint_check(cfg)
+    assert cfg.custom_hooks[0]['allow_mismatch'] == [
+        'x', r'^roi_head\.bbox_head\.', r'^roi_head\.mask_head\.conv_logits\.']
+    fresh = Config(dict(checkpoint_allow_mismatch=r'^head\.'))  # (one regex, no brackets)
+    add_checkpoint_check(fresh)
+    assert fresh.custom_hooks == [dict(type='mmssf.CheckpointCheckHook',
+                                       allow_mismatch=[r'^head\.'])]
+    with pytest.raises(ValueError, match=r"'\^head\\\\.\(' is not a valid regex"):
+        add_checkpoint_check(Config(dict(checkpoint_allow_mismatch=r'^head\.(')))
+    with pytest.raises(TypeError, match='expected regexes'):
+        CheckpointCheckHook(allow_mismatch=[('a', 'b')])

@@ -17,9 +17,12 @@ What is accepted, besides an exact fit:
   — on an ``X_merged.pth``, the method applied a second time on weights that already hold it
   (a silently wrong result); ``merge_peft.py`` has nothing to merge.
 * BN ``num_batches_tracked`` missing (mmengine ignores it too).
-* keys matching the hook's ``allow_mismatch`` regexes, e.g. a head re-initialised for another
-  number of classes:
-  ``dict(type='mmssf.CheckpointCheckHook', allow_mismatch=[r'bbox_head\\.fc_cls'])``.
+* keys matching the hook's ``allow_mismatch`` regexes, e.g. the heads re-initialised for
+  another number of classes:
+  ``dict(type='mmssf.CheckpointCheckHook', allow_mismatch=[r'bbox_head\\.fc_cls'])``, or the
+  config's ``checkpoint_allow_mismatch`` (added to the hook's; on the command line
+  ``--cfg-options "checkpoint_allow_mismatch=[^roi_head\\.mask_head\\.conv_logits\\.]"``). The
+  error lists the regexes that cover exactly the misfitting modules.
 
 Everything else missing, unexpected or mis-shaped is an error listing the keys. The check loads
 the state dict the way the Runner is about to (same recursion, the modules' own version /
@@ -233,9 +236,9 @@ def check_checkpoint(model, checkpoint, source: str = 'checkpoint', purpose: str
                 [f'{k} (checkpoint {a}, model {b})' for k, a, b in mismatched]))
         lines += [f'  {e.strip()}' for e in report['errors']]
         lines += _hints(model, current, saved, foreign_peft, missing, own_peft, resume)
-        lines.append('  To accept misfits you expect (e.g. a head re-initialised for another '
-                     'number of classes), list them as regexes: custom_hooks = [dict('
-                     "type='mmssf.CheckpointCheckHook', allow_mismatch=[r'head\\.fc'])]")
+        misfits = [k for k in missing + unexpected + [m[0] for m in mismatched]
+                   if k not in own_peft and k not in foreign_peft]
+        lines += _allow_hint(mismatch_patterns(misfits), allow_mismatch)
         raise CheckpointMismatchError('\n'.join(lines))
     if initial_peft:
         print_log(f'mmssf: load_from {source} holds no PEFT tensors (a stock or merged '
@@ -243,6 +246,39 @@ def check_checkpoint(model, checkpoint, source: str = 'checkpoint', purpose: str
                   f'{len(initial_peft)} PEFT tensors start from their initial values',
                   logger=logger)
     return dict(missing=[], unexpected=[], mismatched=[], errors=[], initial_peft=initial_peft)
+
+
+def mismatch_patterns(keys: Sequence[str], limit: int = _LIST) -> List[str]:
+    """``allow_mismatch`` regexes covering exactly the modules of ``keys``:
+    ``roi_head.mask_head.conv_logits.weight`` -> ``^roi_head\\.mask_head\\.conv_logits\\.``
+    (a top-level tensor: ``^cls_token$``). Past ``limit`` modules, their parents are named."""
+    leaves = sorted({k for k in keys if '.' not in k})
+    modules = sorted({k.rsplit('.', 1)[0] for k in keys if '.' in k})
+    while len(modules) + len(leaves) > limit:
+        parents = sorted({m.rsplit('.', 1)[0] for m in modules if '.' in m}
+                         | {m for m in modules if '.' not in m})
+        if parents == modules:
+            break
+        modules = parents
+    return ['^' + re.escape(m) + r'\.' for m in modules] + \
+        ['^' + re.escape(k) + '$' for k in leaves]
+
+
+def _allow_hint(patterns: List[str], allowed: Sequence[str]) -> List[str]:
+    """How to accept exactly these misfits on purpose (a head re-initialised for another number
+    of classes ...): the command-line option and the config line, with the computed regexes."""
+    if not patterns:
+        return []
+    in_config = ', '.join("r'" + p + "'" for p in patterns)
+    lines = ['  To accept these misfits on purpose (e.g. heads re-initialised for another number '
+             'of classes, which then start from their initial values): --cfg-options '
+             f'"checkpoint_allow_mismatch=[{",".join(patterns)}]", or in the config '
+             f'checkpoint_allow_mismatch = [{in_config}] '
+             "(the same as allow_mismatch of dict(type='mmssf.CheckpointCheckHook') in "
+             'custom_hooks)']
+    if allowed:
+        lines.append(f'  (allow_mismatch now: {list(allowed)}, which does not cover these keys)')
+    return lines
 
 
 def _merged_from(checkpoint, source: str) -> str:
@@ -332,9 +368,7 @@ class CheckpointCheckHook(Hook):
     priority = 'VERY_LOW'  # after hooks that rewrite the loaded checkpoint (EMA ...)
 
     def __init__(self, allow_mismatch: Sequence[str] = ()):
-        if isinstance(allow_mismatch, str):
-            allow_mismatch = [allow_mismatch]
-        self.allow_mismatch = list(allow_mismatch)
+        self.allow_mismatch = _patterns(allow_mismatch, 'CheckpointCheckHook: allow_mismatch')
 
     def before_save_checkpoint(self, runner, checkpoint):
         record_peft_meta(runner.model, checkpoint)
@@ -346,15 +380,43 @@ class CheckpointCheckHook(Hook):
         keep_initial_values(runner.model, checkpoint, report['initial_peft'])
 
 
+def _patterns(value, what: str) -> List[str]:
+    """``value`` (a regex or a list of them) as a list, each checked to compile."""
+    if value is None:
+        return []
+    values = [value] if isinstance(value, str) else list(value)
+    for pattern in values:
+        if not isinstance(pattern, str):
+            raise TypeError(f'{what}: expected regexes (strings), got {pattern!r} '
+                            f'({type(pattern).__name__}); on the command line write '
+                            f'"checkpoint_allow_mismatch=[REGEX,REGEX]" without parentheses')
+        try:
+            re.compile(pattern)
+        except re.error as err:
+            raise ValueError(f'{what}: {pattern!r} is not a valid regex ({err})') from None
+    return values
+
+
 def add_checkpoint_check(cfg) -> None:
-    """Add :class:`CheckpointCheckHook` to ``cfg.custom_hooks`` unless the config has one."""
+    """Add :class:`CheckpointCheckHook` to ``cfg.custom_hooks`` unless the config has one, with
+    the config's ``checkpoint_allow_mismatch`` regexes (settable by ``--cfg-options``) added to
+    its ``allow_mismatch``."""
     def is_check(hook):
         if isinstance(hook, dict):
             hook = hook.get('type')
         return (hook is CheckpointCheckHook or isinstance(hook, CheckpointCheckHook)
                 or hook in ('CheckpointCheckHook', 'mmssf.CheckpointCheckHook'))
 
+    extra = _patterns(cfg.get('checkpoint_allow_mismatch'), 'checkpoint_allow_mismatch')
     hooks = list(cfg.get('custom_hooks') or [])
     if not any(is_check(h) for h in hooks):
         hooks.append(dict(type='mmssf.CheckpointCheckHook'))
+    for i, hook in enumerate(hooks):
+        if extra and is_check(hook) and isinstance(hook, CheckpointCheckHook):
+            hook.allow_mismatch = hook.allow_mismatch + extra
+        elif extra and isinstance(hook, dict) and is_check(hook):
+            hook = dict(hook)
+            hook['allow_mismatch'] = _patterns(hook.get('allow_mismatch'), 'allow_mismatch') \
+                + extra
+            hooks[i] = hook
     cfg.custom_hooks = hooks
