@@ -19,8 +19,11 @@ test that fails without it.
 3. Offline starts. A stock config's pretrained weights are a URL; offline, mmengine's loader
    raises a bare ``URLError``. It becomes an error naming the URL and the config key to point at
    a local file (:mod:`mmssf.download`).
+4. setuptools' "pkg_resources is deprecated" warning, printed each time mmengine looks up a
+   ``pkg::`` base config, is silenced (the user cannot act on it).
 """
 import functools
+import warnings
 
 import numpy as np
 import torch
@@ -113,7 +116,15 @@ def explain_failed_downloads() -> None:
             loader._schemes[prefix] = load_from_http
 
 
+def silence_pkg_resources_warning() -> None:
+    """mmengine finds ``mmdet::`` / ``mmseg::`` base configs through ``pkg_resources`` and
+    reloads it on each lookup; setuptools warns that the API is deprecated, once per reload
+    (up to four times per tool run): nothing a user can act on."""
+    warnings.filterwarnings('ignore', message='pkg_resources is deprecated', category=UserWarning)
+
+
 def apply_all() -> None:
+    silence_pkg_resources_warning()
     allow_mmengine_checkpoint_types()
     pickle_history_buffer_without_functions()
     explain_refused_checkpoints()

@@ -17,11 +17,8 @@ import os.path as osp
 import warnings
 from copy import deepcopy
 
-import mmssf  # noqa: F401  (registers mmssf and applies the stack fixes)
-from mmssf.engine.checkpoint_check import CheckpointMismatchError, add_checkpoint_check
-from mmssf.download import WeightDownloadError, with_config_keys
-from mmssf.fileio import CheckpointFileError
-from mmssf.launch import Config, DictAction, missing_checkpoint, setup_launcher
+# only the argument parser's needs here: --help answers before torch and mmssf are imported
+from mmengine.config import DictAction
 
 FAMILIES = ('mmdet', 'mmseg', 'mmpretrain')
 
@@ -135,6 +132,12 @@ def dump_predictions(cfg, runner, out: str, family: str) -> None:
 
 def main():
     args = parse_args()
+    import mmssf  # noqa: F401  (registers mmssf and applies the stack fixes)
+    from mmssf.download import WeightDownloadError, with_config_keys
+    from mmssf.engine.checkpoint_check import CheckpointMismatchError, add_checkpoint_check
+    from mmssf.fileio import CheckpointFileError
+    from mmssf.launch import Config, missing_checkpoint, setup_launcher
+
     cfg = Config.fromfile(args.config)
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)

@@ -7,12 +7,8 @@ import argparse
 import os
 import os.path as osp
 
-import mmssf  # noqa: F401  (registers mmssf and applies the stack fixes)
-from mmssf.engine.atomic_checkpoint import use_atomic_checkpoints
-from mmssf.engine.checkpoint_check import CheckpointMismatchError, add_checkpoint_check
-from mmssf.download import WeightDownloadError, with_config_keys
-from mmssf.fileio import CheckpointFileError, CheckpointWriteError
-from mmssf.launch import Config, DictAction, missing_checkpoint, setup_launcher
+# only the argument parser's needs here: --help answers before torch and mmssf are imported
+from mmengine.config import DictAction
 
 
 def parse_args():
@@ -36,6 +32,13 @@ def parse_args():
 
 def main():
     args = parse_args()
+    import mmssf  # noqa: F401  (registers mmssf and applies the stack fixes)
+    from mmssf.download import WeightDownloadError, with_config_keys
+    from mmssf.engine.atomic_checkpoint import use_atomic_checkpoints
+    from mmssf.engine.checkpoint_check import CheckpointMismatchError, add_checkpoint_check
+    from mmssf.fileio import CheckpointFileError, CheckpointWriteError
+    from mmssf.launch import Config, missing_checkpoint, setup_launcher
+
     cfg = Config.fromfile(args.config)
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)

@@ -18,19 +18,35 @@ import os.path as osp
 import pickle
 import sys
 
-import mmssf  # noqa: F401  (registers mmssf; its compat lets weights_only load Runner checkpoints)
-from mmengine.config import Config, DictAction
-from mmengine.logging import MMLogger
-from mmengine.registry import MODELS, init_default_scope
-from mmengine.runner import CheckpointLoader
-from mmengine.utils import import_modules_from_strings
-from mmssf.engine.checkpoint_check import (CheckpointMismatchError, StockCheckpointError,
+from mmengine.config import Config, DictAction  # (light: the parser's only needs)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('config', help='the tuned config CKPT was trained with')
+    parser.add_argument('checkpoint', help='a checkpoint of it (X.pth)')
+    parser.add_argument('out', help='where to write the merged stock checkpoint')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, key=value')
+    return parser.parse_args(argv)
+
+
+if __name__ == '__main__':  # --help and argument errors answer here, before the heavy imports
+    parse_args()
+
+
+import mmssf  # noqa: E402,F401  (registers mmssf; weights_only loads of Runner checkpoints)
+from mmengine.logging import MMLogger  # noqa: E402
+from mmengine.registry import MODELS, init_default_scope  # noqa: E402
+from mmengine.runner import CheckpointLoader  # noqa: E402
+from mmengine.utils import import_modules_from_strings  # noqa: E402
+from mmssf.engine.checkpoint_check import (CheckpointMismatchError, StockCheckpointError,  # noqa: E402
                                            check_checkpoint)
-from mmssf.peft.merged_checkpoint import build_merged_checkpoint, merged_meta_from
-from mmssf.fileio import CheckpointFileError, CheckpointWriteError, atomic_save
-from mmssf.integrity import seal_checkpoint
-from mmssf.peft import MergeError
-from mmssf.stock_config import stock_bases
+from mmssf.peft.merged_checkpoint import build_merged_checkpoint, merged_meta_from  # noqa: E402
+from mmssf.fileio import CheckpointFileError, CheckpointWriteError, atomic_save  # noqa: E402
+from mmssf.integrity import seal_checkpoint  # noqa: E402
+from mmssf.peft import MergeError  # noqa: E402
+from mmssf.stock_config import stock_bases  # noqa: E402
 
 PEFT_TYPES = ('mmssf.PeftBackbone', 'PeftBackbone')
 PEFT_ONLY_KEYS = ('type', 'stock_type', 'peft', 'peft_checkpoint')
@@ -122,13 +138,7 @@ def _safe_get(node, path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('config', help='the tuned config CKPT was trained with')
-    parser.add_argument('checkpoint', help='a checkpoint of it (X.pth)')
-    parser.add_argument('out', help='where to write the merged stock checkpoint')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, key=value')
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
 
     MMLogger.get_instance('merge_peft', log_level='WARNING')  # no per-tensor init logs
     cfg = Config.fromfile(args.config)
