@@ -184,9 +184,13 @@ def check_checkpoint(model, checkpoint, source: str = 'checkpoint', purpose: str
     state_dict = state_dict_of(checkpoint)
     current, saved = model_methods(model), recorded_methods(checkpoint)
     own_peft = set(peft_keys(model))
+    # the tensors the methods add (named with their registered prefixes); own_peft also holds
+    # the stock tensors some methods train (BitFit's biases, SPT's class token), which every
+    # stock checkpoint has
+    own_added = {k for k in own_peft if _looks_like_peft(k)}
     foreign_peft = {k: _looks_like_peft(k) for k in state_dict if k not in own_peft}
     foreign_peft = {k: m for k, m in foreign_peft.items() if m}
-    holds_peft = bool(foreign_peft) or any(k in state_dict for k in own_peft)
+    holds_peft = bool(foreign_peft) or any(k in state_dict for k in own_added)
     action = 'resume from' if resume else 'load'
 
     if saved is not None and sorted(saved.items()) != sorted(current.items()) \
@@ -206,9 +210,9 @@ def check_checkpoint(model, checkpoint, source: str = 'checkpoint', purpose: str
             f'mmssf: cannot {action} {source}: it was trained with {_describe(saved)}, but this '
             f'config tunes with {_describe(current)}. {advice[0].upper() + advice[1:]}.')
 
-    if own_peft and not holds_peft and purpose != 'load_from':
+    if own_added and not holds_peft and purpose != 'load_from':
         raise StockCheckpointError(_stock_message(purpose, source, checkpoint, current,
-                                                  len(own_peft), config))
+                                                  len(own_added), config))
 
     report = load_report(model, state_dict)
     allowed = [re.compile(p) for p in allow_mismatch]
@@ -219,8 +223,8 @@ def check_checkpoint(model, checkpoint, source: str = 'checkpoint', purpose: str
     missing = [k for k in report['missing'] if 'num_batches_tracked' not in k and keep(k)]
     initial_peft = []
     if purpose == 'load_from' and not holds_peft:
-        initial_peft = [k for k in missing if k in own_peft]
-        missing = [k for k in missing if k not in own_peft]
+        initial_peft = [k for k in missing if k in own_added]
+        missing = [k for k in missing if k not in own_added]
     unexpected = [k for k in report['unexpected'] if keep(k)]
     mismatched = [m for m in report['mismatched'] if keep(m[0])]
     if missing or unexpected or mismatched or report['errors']:
@@ -237,7 +241,7 @@ def check_checkpoint(model, checkpoint, source: str = 'checkpoint', purpose: str
         lines += [f'  {e.strip()}' for e in report['errors']]
         lines += _hints(model, current, saved, foreign_peft, missing, own_peft, resume)
         misfits = [k for k in missing + unexpected + [m[0] for m in mismatched]
-                   if k not in own_peft and k not in foreign_peft]
+                   if k not in own_added and k not in foreign_peft]
         lines += _allow_hint(mismatch_patterns(misfits), allow_mismatch)
         raise CheckpointMismatchError('\n'.join(lines))
     if initial_peft:
