@@ -303,9 +303,9 @@ def _stock_message(purpose, source, checkpoint, current, n_peft, config) -> str:
     tuned = 'the tuned X.pth' + _merged_from(checkpoint, source)
     stock = stock_command(config, source)
     if purpose == 'test':
-        return (f'mmssf: cannot test {source} with this tuned config: {what}. With it they would '
-                f'start from their initial values, and on merged weights the method would be '
-                f'applied a second time: a wrong result, silently. Test it with the stock config '
+        return (f'mmssf: cannot test {source} with this tuned config: {what}. Tested this way, '
+                f'they would start from their initial values and, on merged weights, apply the '
+                f'method a second time: a silently wrong result. Test it with the stock config '
                 f'({stock}, or tools/test.py with that config) or pass {tuned}.')
     if purpose == 'resume':
         return (f'mmssf: cannot resume from {source}: {what}. --resume continues a run and needs '
