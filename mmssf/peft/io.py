@@ -31,7 +31,8 @@ def _backbone_and_path(func: str, first, second) -> Tuple[nn.Module, str]:
         return second, os.fspath(first)
 
     def kind(value):
-        return f'{type(value).__module__}.{type(value).__qualname__} {value!r}'[:120]
+        name = f'{type(value).__module__}.{type(value).__qualname__}'
+        return f'a {name}' if isinstance(value, nn.Module) else f'{name} {value!r:.80}'
 
     raise TypeError(f'{func}(backbone, path): backbone must be a torch.nn.Module tuned with '
                     f'apply_peft and path a file path (str or os.PathLike); got {kind(first)} '
