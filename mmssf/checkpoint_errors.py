@@ -1,7 +1,8 @@
 """The errors mmssf raises for checkpoint files, in a module of their own so that the modules
 that raise them (:mod:`mmssf.fileio`, :mod:`mmssf.integrity`) import it and not each other."""
 
-__all__ = ['CheckpointFileError', 'CheckpointWriteError', 'CorruptCheckpointError']
+__all__ = ['CheckpointFileError', 'CheckpointWriteError', 'CorruptCheckpointError',
+           'WeightDownloadError']
 
 
 class CheckpointFileError(RuntimeError):
@@ -15,3 +16,13 @@ class CheckpointWriteError(OSError):
 
 class CorruptCheckpointError(CheckpointFileError):
     """A checkpoint's tensors differ from the digest recorded when it was written."""
+
+
+class WeightDownloadError(CheckpointFileError):
+    """Weights named by URL could not be downloaded (offline, refused, timed out); the message
+    says which config key to point at a local file."""
+
+    def __init__(self, url: str, message: str, reason: str = None):
+        super().__init__(message)
+        self.url = url
+        self.reason = reason or message

@@ -16,8 +16,14 @@ test that fails without it.
    silently. mmengine's local loader is wrapped so that these are errors naming the file and the
    fault, and the digest mmssf records in its checkpoints is verified (:mod:`mmssf.fileio`,
    :mod:`mmssf.integrity`).
+3. Offline starts. A stock config's pretrained weights are a URL; offline, mmengine's loader
+   raises a bare ``URLError``. It becomes an error naming the URL and the config key to point at
+   a local file (:mod:`mmssf.download`).
+4. setuptools' "pkg_resources is deprecated" warning, printed each time mmengine looks up a
+   ``pkg::`` base config, is silenced (the user cannot act on it).
 """
 import functools
+import warnings
 
 import numpy as np
 import torch
@@ -83,10 +89,46 @@ def explain_refused_checkpoints() -> None:
             loader._schemes[prefix] = load_from_local
 
 
+def explain_failed_downloads() -> None:
+    """Make a failed weight download (offline: a bare ``URLError`` from deep inside model
+    building) a :class:`~mmssf.download.WeightDownloadError` naming the URL and how to point
+    the config at a local file. mmengine's ``open-mmlab://``, ``torchvision://`` and ``mmcls://``
+    loaders call ``load_from_http`` through the module, so one wrapper covers them all."""
+    from mmengine.runner import checkpoint as ckpt_module
+
+    from .download import DOWNLOAD_ERRORS, download_error
+    loader = ckpt_module.CheckpointLoader
+    original = ckpt_module.load_from_http
+    if getattr(original, '_mmssf_wrapped', False):
+        return
+
+    @functools.wraps(original)
+    def load_from_http(filename, *args, **kwargs):
+        try:
+            return original(filename, *args, **kwargs)
+        except DOWNLOAD_ERRORS as err:
+            raise download_error(filename, err) from err
+
+    load_from_http._mmssf_wrapped = True
+    ckpt_module.load_from_http = load_from_http
+    for prefix in list(loader._schemes):
+        if loader._schemes[prefix] is original:
+            loader._schemes[prefix] = load_from_http
+
+
+def silence_pkg_resources_warning() -> None:
+    """mmengine finds ``mmdet::`` / ``mmseg::`` base configs through ``pkg_resources`` and
+    reloads it on each lookup; setuptools warns that the API is deprecated, once per reload
+    (up to four times per tool run): nothing a user can act on."""
+    warnings.filterwarnings('ignore', message='pkg_resources is deprecated', category=UserWarning)
+
+
 def apply_all() -> None:
+    silence_pkg_resources_warning()
     allow_mmengine_checkpoint_types()
     pickle_history_buffer_without_functions()
     explain_refused_checkpoints()
+    explain_failed_downloads()
 
 
 apply_all()

@@ -1,4 +1,5 @@
-"""Shared set-up of tools/train.py and tools/test.py: config loading and CPU-distributed fixes.
+"""Shared set-up of tools/train.py and tools/test.py: config loading, checkpoint paths checked
+before anything is built, and CPU-distributed fixes.
 
 mmengine 0.10.7 assumes CUDA for distributed runs: ``init_dist`` calls ``torch.cuda.set_device``,
 configs default to ``nccl``, DDP gets ``device_ids=[rank]`` and SyncBN cannot run on CPU. On a
@@ -6,10 +7,32 @@ machine without CUDA we initialise a gloo process group ourselves (the Runner th
 ``init_dist``), wrap with ``device_ids=None`` and revert SyncBN to BN in the model config.
 """
 import os
+import os.path as osp
+from typing import Optional
 
 import torch
 import torch.distributed as dist
 from mmengine.config import Config, DictAction  # noqa: F401  (re-exported for the tools)
+
+
+def missing_checkpoint(path: Optional[str], what: str) -> Optional[str]:
+    """Why the local checkpoint ``path`` cannot be loaded (it does not exist, or is a folder),
+    or None when it is a file, a URL (``https://``, ``open-mmlab://`` ...) or not set. Checked
+    by the tools before the Runner is built, so that a typo does not wait for the datasets to
+    load (mmengine only looks at ``load_from`` after building the train loop)."""
+    if not path or '://' in str(path):
+        return None
+    path = str(path)
+    if osp.isfile(path):
+        return None
+    if osp.isdir(path):
+        return f'{what} {path} is a folder, not a checkpoint file'
+    folder = osp.dirname(osp.abspath(path))
+    near = sorted(n for n in os.listdir(folder) if n.endswith('.pth'))[:8] \
+        if osp.isdir(folder) else []
+    return (f'{what} {path}: no such file (relative paths start from {os.getcwd()})'
+            + (f'; .pth files in {folder}: {", ".join(near)}' if near else
+               f'; {folder} does not exist' if not osp.isdir(folder) else ''))
 
 
 def cpu_distributed(launcher: str) -> bool:

@@ -156,7 +156,7 @@ def test_peft_checkpoint_errors_name_the_file(tmp_path, kind):
     backbone = build_backbone('mmpretrain_vit')[0]
     apply_peft(backbone, dict(type='SSF'))
     with pytest.raises(Exception) as err:
-        load_peft(str(path), backbone)
+        load_peft(backbone, str(path))
     assert EXPECTED[kind].format(path) in str(err.value)
 
 

@@ -87,3 +87,28 @@ def test_history_buffer_pickles_without_functions(tmp_path):
     torch.save({'buf': buf}, tmp_path / 'b.pth')
     loaded = torch.load(tmp_path / 'b.pth', weights_only=True)['buf']
     assert loaded.mean() == 3.0 and loaded.statistics('max') == 4.0
+
+
+def test_failed_download_names_the_url_and_the_key(monkeypatch):
+    """Offline, mmengine's http loader raises a bare URLError from deep inside model building;
+    with mmssf it is a WeightDownloadError naming the URL and the option to set."""
+    import urllib.error
+
+    from mmengine.runner import checkpoint as ckpt_module
+
+    import mmssf  # noqa: F401
+    from mmssf.download import WeightDownloadError
+
+    def offline(url, **kwargs):
+        raise urllib.error.URLError(OSError(101, 'Network is unreachable'))
+
+    monkeypatch.setattr(ckpt_module, 'load_url', offline)
+    url = 'https://download.openmmlab.com/mmclassification/v0/vit/vit-base-p16_in21k.pth'
+    for load in (ckpt_module.CheckpointLoader.load_checkpoint, ckpt_module._load_checkpoint):
+        with pytest.raises(WeightDownloadError) as err:
+            load(url, map_location='cpu')
+        assert err.value.url == url
+        assert f'cannot download {url} (URLError: [Errno 101] Network is unreachable)' \
+            in str(err.value)
+        assert ('--cfg-options model.backbone.init_cfg.checkpoint=/path/to/'
+                'vit-base-p16_in21k.pth') in str(err.value)

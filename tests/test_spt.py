@@ -377,14 +377,14 @@ def test_freezing_training_and_peft_round_trip(tmp_path, method, backbone_name):
     randomize_peft(model)
     with torch.no_grad():
         expected = flatten_outputs(model(x))
-    save_peft(str(tmp_path / 'peft.pth'), model)
+    save_peft(model, str(tmp_path / 'peft.pth'))
     saved = torch.load(tmp_path / 'peft.pth', weights_only=True)['state_dict']
     assert any('spt_index' in k for k in saved)  # the indices travel with the PEFT state
     assert set(saved) == set(spt.trainable_names(model)) | set(spt.buffer_names())
 
     fresh, _ = build_backbone(backbone_name)
     apply_peft(fresh, dict(type=method, allocation=path))
-    load_peft(str(tmp_path / 'peft.pth'), fresh)
+    load_peft(fresh, str(tmp_path / 'peft.pth'))
     with torch.no_grad():
         got = flatten_outputs(fresh(x))
     assert all(torch.equal(a, b) for a, b in zip(expected, got))

@@ -17,10 +17,8 @@ import os.path as osp
 import warnings
 from copy import deepcopy
 
-import mmssf  # noqa: F401  (registers mmssf and applies the stack fixes)
-from mmssf.engine.checkpoint_check import add_checkpoint_check
-from mmssf.fileio import CheckpointFileError
-from mmssf.launch import Config, DictAction, setup_launcher
+# only the argument parser's needs here: --help answers before torch and mmssf are imported
+from mmengine.config import DictAction
 
 FAMILIES = ('mmdet', 'mmseg', 'mmpretrain')
 
@@ -134,6 +132,12 @@ def dump_predictions(cfg, runner, out: str, family: str) -> None:
 
 def main():
     args = parse_args()
+    import mmssf  # noqa: F401  (registers mmssf and applies the stack fixes)
+    from mmssf.download import WeightDownloadError, with_config_keys
+    from mmssf.engine.checkpoint_check import CheckpointMismatchError, add_checkpoint_check
+    from mmssf.fileio import CheckpointFileError
+    from mmssf.launch import Config, missing_checkpoint, setup_launcher
+
     cfg = Config.fromfile(args.config)
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
@@ -158,16 +162,23 @@ def main():
             evaluator['output_dir'] = args.out
             evaluator['keep_results'] = True
 
+    problem = missing_checkpoint(args.checkpoint, 'checkpoint')
+    if problem:  # (before the datasets load)
+        raise SystemExit(f'tools/test.py: {problem}')
     add_checkpoint_check(cfg)  # misfitting load_from / --resume / test checkpoints are errors
 
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    if args.out and args.out_item == 'pred':
-        dump_predictions(cfg, runner, args.out, family)
-    try:
+    try:  # (building loads a PeftBackbone's pretrained weights)
+        runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+        if args.out and args.out_item == 'pred':
+            dump_predictions(cfg, runner, args.out, family)
         metrics = runner.test()
-    except CheckpointFileError as err:  # (unreadable or corrupted checkpoint: says which, why)
+    except WeightDownloadError as err:  # offline: which config key to point at a local file
+        raise SystemExit(f'tools/test.py: {with_config_keys(err, cfg)}') from None
+    except (CheckpointFileError, CheckpointMismatchError) as err:
+        # (unreadable, corrupted or misfitting checkpoint, e.g. a merged one with the tuned
+        # config: the message says which file, why, and what to run instead)
         raise SystemExit(f'tools/test.py: {err}') from None
     if args.out and args.out_item == 'metrics' and runner.rank == 0:
         import mmengine

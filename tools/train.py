@@ -7,11 +7,8 @@ import argparse
 import os
 import os.path as osp
 
-import mmssf  # noqa: F401  (registers mmssf and applies the stack fixes)
-from mmssf.engine.atomic_checkpoint import use_atomic_checkpoints
-from mmssf.engine.checkpoint_check import add_checkpoint_check
-from mmssf.fileio import CheckpointFileError, CheckpointWriteError
-from mmssf.launch import Config, DictAction, setup_launcher
+# only the argument parser's needs here: --help answers before torch and mmssf are imported
+from mmengine.config import DictAction
 
 
 def parse_args():
@@ -35,6 +32,13 @@ def parse_args():
 
 def main():
     args = parse_args()
+    import mmssf  # noqa: F401  (registers mmssf and applies the stack fixes)
+    from mmssf.download import WeightDownloadError, with_config_keys
+    from mmssf.engine.atomic_checkpoint import use_atomic_checkpoints
+    from mmssf.engine.checkpoint_check import CheckpointMismatchError, add_checkpoint_check
+    from mmssf.fileio import CheckpointFileError, CheckpointWriteError
+    from mmssf.launch import Config, missing_checkpoint, setup_launcher
+
     cfg = Config.fromfile(args.config)
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
@@ -57,15 +61,23 @@ def main():
         cfg.resume = True
         cfg.load_from = args.resume
 
+    problem = missing_checkpoint(cfg.get('load_from'),
+                                 '--resume' if cfg.get('resume') else 'load_from')
+    if problem:  # (before the datasets load: mmengine looks at it only after building them)
+        raise SystemExit(f'tools/train.py: {problem}')
+
     add_checkpoint_check(cfg)  # misfitting load_from / --resume / test checkpoints are errors
     use_atomic_checkpoints(cfg)  # crash-consistent, verified, exactly resumable checkpoints
 
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    try:
+    try:  # (building loads a PeftBackbone's pretrained weights; train() a stock one's)
+        runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
         runner.train()
-    except (CheckpointFileError, CheckpointWriteError) as err:  # (the message says it all)
+    except WeightDownloadError as err:  # offline: which config key to point at a local file
+        raise SystemExit(f'tools/train.py: {with_config_keys(err, cfg)}') from None
+    except (CheckpointFileError, CheckpointWriteError, CheckpointMismatchError) as err:
+        # (the message says it all: which file, what is wrong, what to do)
         raise SystemExit(f'tools/train.py: {err}') from None
 
 

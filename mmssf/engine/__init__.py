@@ -1,9 +1,9 @@
 from .atomic_checkpoint import AtomicCheckpointHook, use_atomic_checkpoints
-from .checkpoint_check import CheckpointCheckHook, CheckpointMismatchError
+from .checkpoint_check import CheckpointCheckHook, CheckpointMismatchError, StockCheckpointError
 from .optim_constructor import PeftOptimWrapperConstructor
 from .reparam_hook import ReparamCheckpointHook
 from .report_hook import TrainableParamsReportHook, trainable_report
 
 __all__ = ['AtomicCheckpointHook', 'CheckpointCheckHook', 'CheckpointMismatchError',
-           'PeftOptimWrapperConstructor', 'ReparamCheckpointHook', 'TrainableParamsReportHook',
-           'trainable_report', 'use_atomic_checkpoints']
+           'PeftOptimWrapperConstructor', 'ReparamCheckpointHook', 'StockCheckpointError',
+           'TrainableParamsReportHook', 'trainable_report', 'use_atomic_checkpoints']

@@ -6,6 +6,7 @@ from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 
 from ..peft.model_merge import tuned_submodules
+from ..peft.param_count import format_trainable
 from ..registry import HOOKS
 
 
@@ -36,8 +37,7 @@ def format_report(model) -> str:
     lines = [f'{"group":<{width}}  {"trainable":>12}  {"total":>12}  {"%":>7}']
     for label, t, n in rows:
         lines.append(f'{label:<{width}}  {t:>12,}  {n:>12,}  {100 * t / max(n, 1):>6.2f}%')
-    lines.append(f'trainable params: {trainable:,} || all params: {total:,} || '
-                 f'trainable%: {100 * trainable / max(total, 1):.4f}')
+    lines.append(format_trainable(trainable, total))
     return '\n'.join(lines)
 
 

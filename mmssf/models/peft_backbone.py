@@ -47,7 +47,7 @@ def PeftBackbone(stock_type, peft, peft_checkpoint=None, **stock_kwargs):
         _reload_after_parent_init(backbone)
     method = apply_peft(backbone, peft)
     if peft_checkpoint:
-        load_peft(peft_checkpoint, backbone)
+        load_peft(backbone, peft_checkpoint)
     print_log(f'mmssf: {type(method).__name__} on {type(backbone).__name__}: '
               f'{method.num_trainable(backbone):,} trainable backbone parameters', logger='current',
               level=logging.INFO)

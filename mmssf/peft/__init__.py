@@ -8,6 +8,7 @@ from .io import load_base_weights, load_peft, save_peft
 from .lora import LoRA
 from .mona import Mona
 from .options import Option, OptionError
+from .param_count import count_trainable, print_trainable_parameters
 from .rlrr import RLRR
 from .snell import SNELL
 from .spt import SPTAdapter, SPTLoRA
@@ -18,6 +19,7 @@ from .vpt import VPTDeep, VPTShallow
 __all__ = [
     'Adapter', 'BitFit', 'DoRA', 'FullFineTune', 'LinearProbe', 'LoRA', 'MergeError', 'Mona',
     'Option', 'OptionError', 'PeftMethod', 'PeftUnit', 'RLRR', 'SNELL', 'SPTAdapter', 'SPTLoRA',
-    'SSF', 'VPTDeep', 'VPTShallow', 'apply_peft', 'build_peft', 'find_table', 'get_peft',
-    'load_base_weights', 'load_peft', 'save_peft', 'supported_backbones'
+    'SSF', 'VPTDeep', 'VPTShallow', 'apply_peft', 'build_peft', 'count_trainable', 'find_table',
+    'get_peft', 'load_base_weights', 'load_peft', 'print_trainable_parameters', 'save_peft',
+    'supported_backbones'
 ]

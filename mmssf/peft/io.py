@@ -1,5 +1,12 @@
-"""Saving and loading PEFT-only files, and stock weights into a tuned backbone."""
-from typing import Dict
+"""Saving and loading PEFT-only files, and stock weights into a tuned backbone.
+
+The backbone comes first, as in ``apply_peft(backbone, cfg)``: ``save_peft(backbone, path)``,
+``load_peft(backbone, path)``. The older ``(path, backbone)`` order still works, with a
+:class:`DeprecationWarning`.
+"""
+import os
+import warnings
+from typing import Dict, Tuple
 
 import torch
 from torch import nn
@@ -9,17 +16,47 @@ from ..integrity import seal_checkpoint
 from .base import _short, get_peft
 
 
-def save_peft(path: str, backbone: nn.Module, extra_meta: dict = None) -> None:
-    """Write only the tuned tensors (plain tensors + a plain-type meta; loads with weights_only)."""
+def _is_path(value) -> bool:
+    return isinstance(value, (str, os.PathLike))
+
+
+def _backbone_and_path(func: str, first, second) -> Tuple[nn.Module, str]:
+    """``(backbone, path)`` from the two arguments in either order (the old ``(path, backbone)``
+    warns); a clear TypeError when they are not a module and a path."""
+    if isinstance(first, nn.Module) and _is_path(second):
+        return first, os.fspath(second)
+    if _is_path(first) and isinstance(second, nn.Module):
+        warnings.warn(f'{func}(path, backbone) is deprecated: call {func}(backbone, path), the '
+                      f'order of apply_peft(backbone, cfg)', DeprecationWarning, stacklevel=3)
+        return second, os.fspath(first)
+
+    def kind(value):
+        name = f'{type(value).__module__}.{type(value).__qualname__}'
+        return f'a {name}' if isinstance(value, nn.Module) else f'{name} {value!r:.80}'
+
+    raise TypeError(f'{func}(backbone, path): backbone must be a torch.nn.Module tuned with '
+                    f'apply_peft and path a file path (str or os.PathLike); got {kind(first)} '
+                    f'and {kind(second)}')
+
+
+def save_peft(backbone: nn.Module, path: str, extra_meta: dict = None) -> None:
+    """Write only the tuned tensors of ``backbone`` to ``path`` (plain tensors + a plain-type
+    meta; loads with weights_only). Written atomically: ``path`` is never half written."""
+    backbone, path = _backbone_and_path('save_peft', backbone, path)
+    if extra_meta is not None and not isinstance(extra_meta, dict):
+        raise TypeError(f'save_peft: extra_meta must be a dict, got {type(extra_meta).__name__}')
     method = get_peft(backbone)
     if method is None:
-        raise ValueError('backbone is not tuned: apply a PEFT method first')
+        raise ValueError(f'save_peft: the {type(backbone).__name__} is not tuned: apply a PEFT '
+                         f'method first (apply_peft(backbone, dict(type=...)))')
     atomic_save(seal_checkpoint({'meta': dict(peft=method.describe(), **(extra_meta or {})),
                                  'state_dict': method.peft_state_dict(backbone)}), path)
 
 
-def load_peft(path: str, backbone: nn.Module) -> dict:
-    """Load a file written by :func:`save_peft` into an already tuned backbone; return its meta."""
+def load_peft(backbone: nn.Module, path: str) -> dict:
+    """Load a file written by :func:`save_peft` into an already tuned ``backbone``; return its
+    meta."""
+    backbone, path = _backbone_and_path('load_peft', backbone, path)
     method = get_peft(backbone)
     if method is None:
         raise ValueError('backbone is not tuned: apply the PEFT method named in the file first')

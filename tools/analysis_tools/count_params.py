@@ -30,11 +30,7 @@ ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 if ROOT not in sys.path:  # run from a checkout without installing mmssf
     sys.path.insert(0, ROOT)
 
-import mmssf  # noqa: E402,F401  (registers mmssf, applies the stack fixes)
-from mmengine.config import Config, DictAction  # noqa: E402
-from mmengine.logging import MMLogger  # noqa: E402
-
-from mmssf.engine.report_hook import format_report  # noqa: E402
+from mmengine.config import DictAction  # noqa: E402  (light: the parser's only need)
 
 
 def parse_args(argv=None):
@@ -45,6 +41,17 @@ def parse_args(argv=None):
                         help='override config settings, key=value (xxx=[a,b] for lists); '
                         'applied to every config')
     return parser.parse_args(argv)
+
+
+if __name__ == '__main__':  # --help and argument errors answer here, before the heavy imports
+    parse_args()
+
+
+import mmssf  # noqa: E402,F401  (registers mmssf, applies the stack fixes)
+from mmengine.config import Config  # noqa: E402
+from mmengine.logging import MMLogger  # noqa: E402
+
+from mmssf.engine.report_hook import format_report  # noqa: E402
 
 
 def _is_pretrained_init(value) -> bool:

@@ -23,18 +23,7 @@ import argparse
 import os.path as osp
 import time
 
-import torch
-
-import mmssf  # noqa: F401  (registers mmssf and applies the stack fixes)
-from mmssf.launch import Config, DictAction
-from mmssf.peft.spt import allocate, compute_sensitivity, parse_budget
-from mmssf.peft.spt.report import format_summary, plot_patterns
-from mmssf.peft.spt.scoring_data import scoring_config
-from mmssf.peft.spt.sensitivity import EXCLUDED
-from mmssf.peft.targets import find_table
-
-_PEFT_BACKBONE = ('mmssf.PeftBackbone', 'PeftBackbone')
-_KIND_OF = {'SPTLoRA': 'lora', 'SPTAdapter': 'adapter'}
+from mmengine.config import DictAction  # (light: the parser's only need)
 
 
 def parse_args(argv=None):
@@ -59,9 +48,27 @@ def parse_args(argv=None):
     parser.add_argument('--batch-size', type=int,
                         help='scoring batch size (default: the training batch size for '
                              'classifiers, the test batch size for dense tasks)')
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--device', help='default: cuda when available, else cpu')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
     return parser.parse_args(argv)
+
+
+if __name__ == '__main__':  # --help and argument errors answer here, before the heavy imports
+    parse_args()
+
+
+import torch  # noqa: E402
+
+import mmssf  # noqa: E402,F401  (registers mmssf and applies the stack fixes)
+from mmssf.launch import Config  # noqa: E402
+from mmssf.peft.spt import allocate, compute_sensitivity, parse_budget  # noqa: E402
+from mmssf.peft.spt.report import format_summary, plot_patterns  # noqa: E402
+from mmssf.peft.spt.scoring_data import scoring_config  # noqa: E402
+from mmssf.peft.spt.sensitivity import EXCLUDED  # noqa: E402
+from mmssf.peft.targets import find_table  # noqa: E402
+
+_PEFT_BACKBONE = ('mmssf.PeftBackbone', 'PeftBackbone')
+_KIND_OF = {'SPTLoRA': 'lora', 'SPTAdapter': 'adapter'}
 
 
 def stock_scoring_config(cfg: Config, args):
@@ -82,6 +89,7 @@ def stock_scoring_config(cfg: Config, args):
 
 def main(argv=None):
     args = parse_args(argv)
+    args.device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
     try:  # bad values fail before the (long) sensitivity pass
         parse_budget(args.budget)
     except ValueError as error:

@@ -12,10 +12,24 @@ import os.path as osp
 import pickle
 import sys
 import tempfile
+import warnings
 import zipfile
 
 from mmengine.config import Config, DictAction
-from mmengine.runner import Runner
+
+# mmengine resolves ``mmdet::`` bases through pkg_resources, deprecated by setuptools: nothing a
+# user can act on (mmssf's compat silences it the same way; this process never imports mmssf)
+warnings.filterwarnings('ignore', message='pkg_resources is deprecated', category=UserWarning)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('config')
+    parser.add_argument('checkpoint')
+    parser.add_argument('--out')
+    parser.add_argument('--work-dir')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    return parser.parse_args(argv)
 
 
 def why_unloadable(path, err) -> str:
@@ -36,13 +50,8 @@ def why_unloadable(path, err) -> str:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('config')
-    parser.add_argument('checkpoint')
-    parser.add_argument('--out')
-    parser.add_argument('--work-dir')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
-    args = parser.parse_args()
+    args = parse_args()
+    from mmengine.runner import Runner  # (after parsing: --help answers before torch loads)
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)

@@ -18,17 +18,35 @@ import os.path as osp
 import pickle
 import sys
 
-import mmssf  # noqa: F401  (registers mmssf; its compat lets weights_only load Runner checkpoints)
-from mmengine.config import Config, DictAction
-from mmengine.logging import MMLogger
-from mmengine.registry import MODELS, init_default_scope
-from mmengine.runner import CheckpointLoader
-from mmengine.utils import import_modules_from_strings
-from mmssf.engine.checkpoint_check import CheckpointMismatchError, check_checkpoint
-from mmssf.peft.merged_checkpoint import build_merged_checkpoint, merged_meta_from
-from mmssf.fileio import CheckpointFileError, CheckpointWriteError, atomic_save
-from mmssf.integrity import seal_checkpoint
-from mmssf.peft import MergeError
+from mmengine.config import Config, DictAction  # (light: the parser's only needs)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('config', help='the tuned config CKPT was trained with')
+    parser.add_argument('checkpoint', help='a checkpoint of it (X.pth)')
+    parser.add_argument('out', help='where to write the merged stock checkpoint')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, key=value')
+    return parser.parse_args(argv)
+
+
+if __name__ == '__main__':  # --help and argument errors answer here, before the heavy imports
+    parse_args()
+
+
+import mmssf  # noqa: E402,F401  (registers mmssf; weights_only loads of Runner checkpoints)
+from mmengine.logging import MMLogger  # noqa: E402
+from mmengine.registry import MODELS, init_default_scope  # noqa: E402
+from mmengine.runner import CheckpointLoader  # noqa: E402
+from mmengine.utils import import_modules_from_strings  # noqa: E402
+from mmssf.engine.checkpoint_check import (CheckpointMismatchError, StockCheckpointError,  # noqa: E402
+                                           check_checkpoint)
+from mmssf.peft.merged_checkpoint import build_merged_checkpoint, merged_meta_from  # noqa: E402
+from mmssf.fileio import CheckpointFileError, CheckpointWriteError, atomic_save  # noqa: E402
+from mmssf.integrity import seal_checkpoint  # noqa: E402
+from mmssf.peft import MergeError  # noqa: E402
+from mmssf.stock_config import stock_bases  # noqa: E402
 
 PEFT_TYPES = ('mmssf.PeftBackbone', 'PeftBackbone')
 PEFT_ONLY_KEYS = ('type', 'stock_type', 'peft', 'peft_checkpoint')
@@ -98,25 +116,17 @@ def stock_config_text(cfg, config_path) -> str:
         node[path[-1]] = backbone
     lines.append('stock model config (the tuned one with the PEFT keys removed):')
     lines += ['    ' + line for line in Config(snippet).pretty_text.strip().splitlines()]
-    bases = Config._get_base_files(config_path) if config_path.endswith('.py') else []
-    for base in ([bases] if isinstance(bases, str) else bases):
-        try:
-            base_path, _ = Config._get_cfg_path(base, config_path)
-            base_path = osp.normpath(base_path)
-            base_cfg = Config.fromfile(base_path)
-        except Exception as err:  # noqa: BLE001  (only informative output depends on it)
-            lines.append(f'(could not read _base_ {base!r}: {err})')
-            continue
-        if 'mmssf' in repr(base_cfg.to_dict()):
-            continue  # not a stock config
+    for base, base_path, base_cfg in stock_bases(config_path):
+        if base_cfg is None:
+            continue  # unreadable, or not a stock config
         same = all(_safe_get(base_cfg.to_dict().get('model', {}), path) == backbone
                    for path, backbone in stock.items())
         if same:
-            lines.append(f'the stock _base_ {base!r} has exactly this backbone: evaluate the '
-                         f'merged file with it, e.g. tools/misc/eval_stock.py {base_path} OUT')
+            lines.append(f'the stock _base_ {base!r} has exactly this backbone: evaluate '
+                         f'the merged file with it, e.g. tools/misc/eval_stock.py {base_path} OUT')
         else:
-            lines.append(f'the stock _base_ {base!r} differs in the backbone: inherit it and set '
-                         f'the backbone above')
+            lines.append(f'the stock _base_ {base!r} differs in the backbone: inherit it and '
+                         f'set the backbone above')
     return '\n'.join(lines)
 
 
@@ -128,13 +138,7 @@ def _safe_get(node, path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('config', help='the tuned config CKPT was trained with')
-    parser.add_argument('checkpoint', help='a checkpoint of it (X.pth)')
-    parser.add_argument('out', help='where to write the merged stock checkpoint')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config settings, key=value')
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
 
     MMLogger.get_instance('merge_peft', log_level='WARNING')  # no per-tensor init logs
     cfg = Config.fromfile(args.config)
@@ -146,7 +150,10 @@ def main(argv=None):
     except (CheckpointFileError, pickle.UnpicklingError, FileNotFoundError) as err:
         sys.exit(f'merge_peft: {err}')
     try:  # strict: every key of the tuned model, PEFT tensors included, nothing else
-        check_checkpoint(model, checkpoint, source=args.checkpoint, allow_missing_peft=False)
+        check_checkpoint(model, checkpoint, source=args.checkpoint, purpose='merge',
+                         config=args.config)
+    except StockCheckpointError as err:  # (a merged / stock file: says what to do with it)
+        sys.exit(f'merge_peft: {err}')
     except CheckpointMismatchError as err:
         sys.exit(f'merge_peft: {args.checkpoint} is not a checkpoint of {args.config}:\n{err}')
     meta = merged_meta_from(checkpoint.get('meta', {}))

@@ -17,11 +17,29 @@ import pickle
 import re
 import sys
 
-import torch
 
-from mmssf.fileio import (CheckpointFileError, CheckpointWriteError, atomic_write_bytes,
-                          load_checkpoint_file)
-from mmssf.integrity import recorded_digest, seal_checkpoint
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('in_file', nargs='?', help='checkpoint to publish (X_merged.pth)')
+    parser.add_argument('out_file', nargs='?', help='published name, before -<sha256[:8]>.pth')
+    parser.add_argument('--save-keys', nargs='+', default=['meta', 'state_dict'],
+                        help='top-level keys to keep')
+    parser.add_argument('--check', metavar='FILE', help='verify a published file')
+    args = parser.parse_args(argv)
+    if not args.check and not (args.in_file and args.out_file):
+        parser.error('give IN.pth OUT.pth, or --check FILE')
+    return args
+
+
+if __name__ == '__main__':  # --help and argument errors answer here, before the heavy imports
+    parse_args()
+
+
+import torch  # noqa: E402
+
+from mmssf.fileio import (CheckpointFileError, CheckpointWriteError,  # noqa: E402
+                          atomic_write_bytes, load_checkpoint_file)
+from mmssf.integrity import recorded_digest, seal_checkpoint  # noqa: E402
 
 NAME = re.compile(r'-([0-9a-f]{8})\.pth$')
 
@@ -71,20 +89,12 @@ def check(path: str) -> None:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('in_file', nargs='?', help='checkpoint to publish (X_merged.pth)')
-    parser.add_argument('out_file', nargs='?', help='published name, before -<sha256[:8]>.pth')
-    parser.add_argument('--save-keys', nargs='+', default=['meta', 'state_dict'],
-                        help='top-level keys to keep')
-    parser.add_argument('--check', metavar='FILE', help='verify a published file')
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     try:
         if args.check:
             check(args.check)
-        elif args.in_file and args.out_file:
-            publish(args.in_file, args.out_file, args.save_keys)
         else:
-            parser.error('give IN.pth OUT.pth, or --check FILE')
+            publish(args.in_file, args.out_file, args.save_keys)
     except (CheckpointFileError, CheckpointWriteError, pickle.UnpicklingError,
             FileNotFoundError) as err:
         sys.exit(f'publish_model: {err}')

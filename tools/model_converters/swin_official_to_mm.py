@@ -28,10 +28,22 @@ import re
 import sys
 from collections import OrderedDict
 
-import torch
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('src', help='official Swin checkpoint (.pth, weights under "model")')
+    parser.add_argument('dst', help='output .pth')
+    parser.add_argument('--prefix', default='', help="prepended to every key, e.g. 'backbone.'")
+    return parser.parse_args(argv)
 
-from mmssf.fileio import CheckpointFileError, atomic_save, load_checkpoint_file
-from mmssf.integrity import seal_checkpoint
+
+if __name__ == '__main__':  # --help and argument errors answer here, before the heavy imports
+    parse_args()
+
+
+import torch  # noqa: E402
+
+from mmssf.fileio import CheckpointFileError, atomic_save, load_checkpoint_file  # noqa: E402
+from mmssf.integrity import seal_checkpoint  # noqa: E402
 
 _BLOCK = r'layers\.(\d+)\.blocks\.(\d+)\.'
 #: every key of an official Swin (v1) checkpoint
@@ -159,11 +171,7 @@ def load_source(path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('src', help='official Swin checkpoint (.pth, weights under "model")')
-    parser.add_argument('dst', help='output .pth')
-    parser.add_argument('--prefix', default='', help="prepended to every key, e.g. 'backbone.'")
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     try:
         source = load_source(args.src)
     except (CheckpointFileError, pickle.UnpicklingError, FileNotFoundError) as err:

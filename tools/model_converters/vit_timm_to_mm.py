@@ -28,10 +28,26 @@ import re
 import sys
 from collections import OrderedDict
 
-import torch
+TARGETS = ('mmpretrain', 'mmseg')
 
-from mmssf.fileio import CheckpointFileError, atomic_save, load_checkpoint_file
-from mmssf.integrity import seal_checkpoint
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('src', help='timm ViT state dict (.pth/.bin/.safetensors) or Google .npz')
+    parser.add_argument('dst', help='output .pth')
+    parser.add_argument('--target', choices=TARGETS, required=True)
+    parser.add_argument('--prefix', default='', help="prepended to every key, e.g. 'backbone.'")
+    return parser.parse_args(argv)
+
+
+if __name__ == '__main__':  # --help and argument errors answer here, before the heavy imports
+    parse_args()
+
+
+import torch  # noqa: E402
+
+from mmssf.fileio import CheckpointFileError, atomic_save, load_checkpoint_file  # noqa: E402
+from mmssf.integrity import seal_checkpoint  # noqa: E402
 
 # (timm key regex, mmpretrain key, mmseg key); None: the target has no such tensor
 _BLOCK = r'blocks\.(\d+)\.'
@@ -58,8 +74,6 @@ REQUIRED = ['cls_token', 'pos_embed', 'patch_embed.proj.weight']
 REQUIRED_PER_BLOCK = ['norm1.weight', 'norm1.bias', 'attn.qkv.weight', 'attn.proj.weight',
                       'attn.proj.bias', 'norm2.weight', 'norm2.bias', 'mlp.fc1.weight',
                       'mlp.fc1.bias', 'mlp.fc2.weight', 'mlp.fc2.bias']
-TARGETS = ('mmpretrain', 'mmseg')
-
 
 class ConversionError(ValueError):
     pass
@@ -193,12 +207,7 @@ def load_source(path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('src', help='timm ViT state dict (.pth/.bin/.safetensors) or Google .npz')
-    parser.add_argument('dst', help='output .pth')
-    parser.add_argument('--target', choices=TARGETS, required=True)
-    parser.add_argument('--prefix', default='', help="prepended to every key, e.g. 'backbone.'")
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
     try:
         source, heads = load_source(args.src)
     except (CheckpointFileError, pickle.UnpicklingError, FileNotFoundError) as err:
