@@ -15,8 +15,12 @@ Roles:
     out_norm          the norms on the output stages (Swin ``norm{i}``)
     merge_norm        the norm in Swin patch merging
     merge_reduction   the bias-free Linear in Swin patch merging
+    layer_scale       timm's per-channel LayerScale after attention / MLP (DINOv2: ``ls1`` / ``ls2``)
     block             a ViT encoder layer / a Swin block (VPT inserts prompts around it)
     window_attn       a Swin window attention (VPT shares prompts across its windows)
+
+A role whose module is an ``nn.Identity`` in a given model (timm: ``fc_norm`` of a cls-token
+model, ``patch_embed.norm``, LayerScale off) is absent there.
 
 Swin token flow (VPT carries prompt tokens through these; see "Swin token-flow facts" below):
     stage             a Swin stage (blocks, then an optional patch merging)
@@ -35,6 +39,7 @@ from torch import nn
 
 _SWIN_BLOCK = r'stages\.\d+\.blocks\.\d+'
 _VIT_LAYER = r'layers\.\d+'
+_TIMM_BLOCK = r'blocks\.\d+'
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,10 @@ class TargetTable:
     #: the last stage's output map feeds a classifier's global average pool (mmpretrain); dense
     #: backbones (mmdet, mmseg) feed their maps to dense heads
     pooled_output: bool = False
+    #: regex (full match) of modules inside the tuned model that train with every method: the
+    #: classifier of an implementation whose model includes it (timm), as a head outside an
+    #: OpenMMLab backbone does
+    always_trained: str = ''
 
     def role_of(self, module_name: str):
         for role, pattern in self.roles.items():
@@ -128,6 +137,24 @@ TABLES: List[TargetTable] = [
         shift_sinks={'patch_embed.projection': ('pos_embed', 1)},
         cls_token='cls_token'),
     TargetTable(
+        name='timm VisionTransformer',
+        classes=('timm.models.vision_transformer.VisionTransformer', ),
+        kind='vit',
+        roles={
+            'patch_embed': r'patch_embed\.proj',
+            'patch_embed_norm': r'patch_embed\.norm',
+            'norm1': _TIMM_BLOCK + r'\.norm1',
+            'qkv': _TIMM_BLOCK + r'\.attn\.qkv',
+            'proj': _TIMM_BLOCK + r'\.attn\.proj',
+            'norm2': _TIMM_BLOCK + r'\.norm2',
+            'fc1': _TIMM_BLOCK + r'\.mlp\.fc1',
+            'fc2': _TIMM_BLOCK + r'\.mlp\.fc2',
+            'layer_scale': _TIMM_BLOCK + r'\.ls[12]',
+            'final_norm': r'norm|fc_norm',  # (one is an Identity, by the model's pooling)
+            'block': _TIMM_BLOCK,
+        },
+        cls_token='cls_token', always_trained=r'head'),
+    TargetTable(
         name='mmpretrain SwinTransformer',
         classes=('mmpretrain.models.backbones.swin_transformer.SwinTransformer', ),
         kind='swin', roles=SWIN_ROLES, pooled_output=True),
@@ -166,6 +193,29 @@ def module_in(backbone: nn.Module, table: TargetTable, role: str, prefix: str):
     return None
 
 
+#: wrapper backbones -> the attribute holding the model they wrap (mmssf tunes that model; its
+#: state-dict keys keep the wrapper's prefix, e.g. ``backbone.timm_model.blocks.0...``)
+WRAPPERS: Dict[str, str] = {
+    'mmpretrain.models.backbones.timm_backbone.TIMMBackbone': 'timm_model',
+}
+
+
+def unwrap(backbone: nn.Module) -> nn.Module:
+    """The module mmssf tunes for ``backbone``: the model a wrapper holds, else ``backbone``."""
+    for cls in type(backbone).__mro__:
+        attr = WRAPPERS.get(f'{cls.__module__}.{cls.__qualname__}')
+        if attr is not None:
+            return getattr(backbone, attr)
+    return backbone
+
+
+def patch_embed_conv(backbone: nn.Module, table: Optional[TargetTable] = None) -> nn.Conv2d:
+    """The patch-embedding convolution (role ``patch_embed``) of ``backbone``."""
+    table = table or find_table(backbone)
+    name, = resolve_targets(backbone, table, 'patch_embed')
+    return dict(backbone.named_modules())[name]
+
+
 def supported_backbones() -> List[str]:
     return [t.name for t in TABLES]
 
@@ -189,7 +239,8 @@ def resolve_targets(backbone: nn.Module, table: TargetTable, pattern: str,
     Raises:
         ValueError: ``required`` and nothing matches; the message lists the names that exist.
     """
-    names = [n for n, _ in backbone.named_modules() if n]
+    names = [n for n, m in backbone.named_modules()
+             if n and not (pattern in table.roles and isinstance(m, nn.Identity))]
     regex = table.roles.get(pattern, pattern)
     try:
         matched = [n for n in names if re.fullmatch(regex, n)]
@@ -225,13 +276,17 @@ class TokenMap:
         blocks: regex (full match) of the block modules.
         grid: ``'block_arg'``: each block is called as ``block(x, hw_shape)`` (Swin stages);
             ``'patch_embed'``: one grid for every block, the ``(H, W)`` that the module
-            ``grid_source`` returns as its second output (ViT).
+            ``grid_source`` returns as its second output (ViT); ``'conv_map'``: the spatial size
+            of the map the convolution ``grid_source`` returns (timm ViT).
         grid_source: the module of ``'patch_embed'`` grids.
         extra_tokens: the number of leading tokens that are not on the grid (cls token), read from
             the backbone.
         attn_residual: where ``x + attn(norm1(x))`` is formed: ``'block'``, in the block's own
             forward, which passes it to ``norm`` (first argument) and to ``ffn`` (its ``identity``
-            keyword); ``'attn'``: the attention module ``attn`` returns it (``identity=x``).
+            keyword); ``'attn'``: the attention module ``attn`` returns it (``identity=x``);
+            ``'branch'``: the block adds both residuals itself, ``x = x + b1(...)`` and ``x = x +
+            b2(ffn(norm(x)))``, with the modules named ``branches`` ending the two branches
+            (timm).
         attn / norm / ffn: names of the block's attention module, of the norm before the MLP and of
             the MLP module (which returns ``identity + mlp(...)``).
     """
@@ -243,6 +298,7 @@ class TokenMap:
     attn: str = 'attn'
     norm: str = 'norm2'
     ffn: str = 'ffn'
+    branches: Tuple[str, str] = ()
 
 
 _SWIN_TOKEN_MAP = TokenMap(blocks=_SWIN_BLOCK, grid='block_arg', extra_tokens=lambda backbone: 0,
@@ -259,6 +315,10 @@ TOKEN_MAPS: Dict[str, TokenMap] = {
         blocks=_VIT_LAYER, grid='patch_embed', grid_source='patch_embed',
         extra_tokens=lambda backbone: int(bool(backbone.with_cls_token)), attn_residual='attn',
         norm='ln2'),
+    'timm VisionTransformer': TokenMap(
+        blocks=_TIMM_BLOCK, grid='conv_map', grid_source='patch_embed.proj',
+        extra_tokens=lambda backbone: int(backbone.num_prefix_tokens), attn_residual='branch',
+        norm='norm2', ffn='mlp', branches=('drop_path1', 'drop_path2')),
     'mmpretrain SwinTransformer': _SWIN_TOKEN_MAP,
     'mmdet SwinTransformer': _SWIN_TOKEN_MAP,
     'mmseg SwinTransformer': _SWIN_TOKEN_MAP,
