@@ -1,8 +1,10 @@
-"""timm's VisionTransformer as a tuned model in its own right (the classifier inside: it trains
-with every method) and inside ``mmpretrain.TIMMBackbone``: the official SSF count, SSF equal to
-the official formula, exact merge into timm's own keys — loaded strictly by a fresh timm model in
-a process that never imports mmssf — for the plain ViT and a DINOv2-style one (register tokens,
-LayerScale), and the non-mergeable methods training and refused at merge. (The tiny timm ViT is
+"""timm models tuned whole (the classifier inside trains with every method) and inside
+``mmpretrain.TIMMBackbone``: the official SSF count and formula on timm's ViT; exact merge into
+timm's own keys — loaded strictly by a fresh timm model in a process that never imports mmssf —
+on the layouts of ``vit_base_patch16_224``, ``vit_base_patch14_reg4_dinov2`` (register tokens,
+LayerScale), ``eva02_base_patch14_224`` (separate q / k / v, SwiGLU, rotary positions) and
+``swin_tiny_patch4_window7_224`` (channels-last stages); the non-mergeable methods training and
+refused at merge, or refused up front with the reason where they cannot act. (The tiny timm ViT is
 also a row of the method × backbone matrix: ``conftest.BACKBONES['timm_vit']``.)"""
 import json
 import os
@@ -11,21 +13,27 @@ import sys
 
 import pytest
 import torch
-from timm.models.vision_transformer import VisionTransformer
 
 from conftest import randomize_peft
 from mmssf.peft import MergeError, apply_peft, get_peft
 from mmssf.peft.model_merge import merged_state_dict
 from runner_utils import HANG_TIMEOUT
 
-# name -> (timm VisionTransformer kwargs, input size): tiny, random init, classifier inside
+# name -> (timm model name, overrides making it tiny, input size): random init, classifier inside
 MODELS = {
-    'vit': (dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0,
-                 num_classes=5), 32),
+    'vit': ('vit_base_patch16_224', dict(img_size=32, patch_size=8, embed_dim=32, depth=2,
+                                         num_heads=2, mlp_ratio=2.0, num_classes=5), 32),
     # DINOv2's layout: 4 register tokens, LayerScale, position embedding on patches only
-    'dinov2': (dict(img_size=28, patch_size=14, embed_dim=32, depth=2, num_heads=2,
-                    mlp_ratio=2.0, num_classes=5, reg_tokens=4, init_values=1e-5,
-                    no_embed_class=True), 28),
+    'dinov2': ('vit_base_patch14_reg4_dinov2', dict(img_size=28, embed_dim=32, depth=2,
+                                                    num_heads=2, mlp_ratio=2.0, num_classes=5),
+               28),
+    # EVA-02's: separate q / k / v (k without bias), SwiGLU MLP with its sub-LayerNorm, rotary
+    # position embedding
+    'eva02': ('eva02_base_patch14_224', dict(img_size=28, embed_dim=32, depth=2, num_heads=2,
+                                             ref_feat_shape=(2, 2), num_classes=5), 28),
+    # Swin-T's, two stages (patch merging at the second's start)
+    'swin': ('swin_tiny_patch4_window7_224', dict(img_size=56, embed_dim=32, depths=(2, 2),
+                                                  num_heads=(2, 4), num_classes=5), 56),
 }
 MERGEABLE = [dict(type='SSF'), dict(type='LoRA', targets=['qkv', 'proj', 'fc1', 'fc2'], r=4),
              dict(type='DoRA', r=4), dict(type='RLRR'), dict(type='SNELL', r=4),
@@ -35,9 +43,10 @@ REFUSED = [dict(type='VPTShallow', num_prompts=3), dict(type='VPTDeep', num_prom
 
 
 def build(name, seed=0):
+    import timm
     torch.manual_seed(seed)
-    kwargs, size = MODELS[name]
-    model = VisionTransformer(**kwargs).eval()
+    model_name, overrides, size = MODELS[name]
+    model = timm.create_model(model_name, pretrained=False, **overrides).eval()
     return model, torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(7))
 
 
@@ -90,9 +99,23 @@ def test_merge_gives_timm_keys_and_the_tuned_outputs(name, cfg):
         torch.testing.assert_close(fresh(x), tuned, rtol=1e-5, atol=1e-5)
 
 
+NOT_SUPPORTED = {  # (model, method) -> the clear error
+    ('eva02', 'VPTShallow'): 'cannot prompt timm Eva: its attention applies a rotary position',
+    ('eva02', 'VPTDeep'): 'cannot prompt timm Eva: its attention applies a rotary position',
+    ('swin', 'VPTShallow'): "cannot prompt timm SwinTransformer: mmssf's Swin prompt flow",
+    ('swin', 'VPTDeep'): "cannot prompt timm SwinTransformer: mmssf's Swin prompt flow",
+    ('swin', 'Mona'): 'mmssf has no token map for timm SwinTransformer',
+}
+
+
+@pytest.mark.parametrize('name', ['dinov2', 'eva02', 'swin'])
 @pytest.mark.parametrize('cfg', REFUSED, ids=lambda c: c['type'])
-def test_non_mergeable_methods_train_on_dinov2_layout_and_are_refused(cfg):
-    model, x = build('dinov2')
+def test_non_mergeable_methods_train_and_are_refused(name, cfg):
+    model, x = build(name)
+    if (name, cfg['type']) in NOT_SUPPORTED:
+        with pytest.raises((ValueError, TypeError), match=NOT_SUPPORTED[(name, cfg['type'])]):
+            apply_peft(model, cfg)
+        return
     method = apply_peft(model, cfg)
     model.train()
     out = model(x)
@@ -106,29 +129,30 @@ def test_non_mergeable_methods_train_on_dinov2_layout_and_are_refused(cfg):
 
 
 SCRIPT = '''
-import json, sys, torch
-from timm.models.vision_transformer import VisionTransformer
-kwargs, sd, x = json.loads(sys.argv[1]), torch.load(sys.argv[2], weights_only=True), torch.load(sys.argv[3])
-model = VisionTransformer(**kwargs).eval()
+import json, sys, timm, torch
+sd, x = torch.load(sys.argv[3], weights_only=True), torch.load(sys.argv[4])
+model = timm.create_model(sys.argv[1], pretrained=False, **json.loads(sys.argv[2])).eval()
 model.load_state_dict(sd, strict=True)
 assert not any(m.startswith('mmssf') for m in sys.modules)
 with torch.no_grad():
-    torch.save(model(x), sys.argv[4])
+    torch.save(model(x), sys.argv[5])
 '''
 
 
-def test_a_process_without_mmssf_loads_the_merged_weights_strictly(tmp_path):
-    model, x = build('dinov2')
+@pytest.mark.parametrize('name', ['dinov2', 'eva02', 'swin'])
+def test_a_process_without_mmssf_loads_the_merged_weights_strictly(tmp_path, name):
+    model, x = build(name)
     apply_peft(model, dict(type='SSF'))
     randomize_peft(model)
     with torch.no_grad():
         expected = model(x)
     torch.save(merged_state_dict(model), tmp_path / 'merged.pth')
     torch.save(x, tmp_path / 'x.pth')
+    model_name, overrides, _ = MODELS[name]
     result = subprocess.run(
-        [sys.executable, '-c', SCRIPT, json.dumps(MODELS['dinov2'][0]), str(tmp_path / 'merged.pth'),
-         str(tmp_path / 'x.pth'), str(tmp_path / 'out.pth')], capture_output=True, text=True,
-        timeout=HANG_TIMEOUT, env=dict(os.environ, PYTHONPATH=''))
+        [sys.executable, '-c', SCRIPT, model_name, json.dumps(overrides),
+         str(tmp_path / 'merged.pth'), str(tmp_path / 'x.pth'), str(tmp_path / 'out.pth')],
+        capture_output=True, text=True, timeout=HANG_TIMEOUT, env=dict(os.environ, PYTHONPATH=''))
     assert result.returncode == 0, result.stderr[-3000:]
     torch.testing.assert_close(torch.load(tmp_path / 'out.pth'), expected, rtol=1e-5, atol=1e-5)
 

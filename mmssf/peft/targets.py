@@ -8,9 +8,10 @@ Roles:
     patch_embed       the patch-embedding projection (Conv2d)
     patch_embed_norm  the norm after it (Swin)
     norm1 / norm2     pre-attention / pre-MLP LayerNorms of each block
-    qkv               the fused q/k/v projection (``nn.MultiheadAttention`` in-projection in mmseg ViT)
+    qkv               the fused q/k/v projection (``nn.MultiheadAttention`` in-projection in mmseg ViT),
+                      or the three separate ones where the table says ``fused_qkv=False`` (EVA-02)
     proj              the attention output projection
-    fc1 / fc2         the two MLP Linears
+    fc1 / fc2         the two MLP Linears (fc1: both input projections of a SwiGLU MLP, EVA-02)
     final_norm        the norm after the last block (ViT)
     out_norm          the norms on the output stages (Swin ``norm{i}``)
     merge_norm        the norm in Swin patch merging
@@ -40,6 +41,7 @@ from torch import nn
 _SWIN_BLOCK = r'stages\.\d+\.blocks\.\d+'
 _VIT_LAYER = r'layers\.\d+'
 _TIMM_BLOCK = r'blocks\.\d+'
+_TIMM_SWIN_BLOCK = r'layers\.\d+\.blocks\.\d+'
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,14 @@ class TargetTable:
     #: classifier of an implementation whose model includes it (timm), as a head outside an
     #: OpenMMLab backbone does
     always_trained: str = ''
+    #: the ``qkv`` role is one Linear whose output rows stack q, k and v (False: three Linears)
+    fused_qkv: bool = True
+    #: why prompt tokens (VPT) cannot join this implementation's token stream ('' : they can)
+    prompt_blocker: str = ''
+
+    def qkv_blocks(self, module_name: str) -> int:
+        """3 for a module whose output rows stack q, k and v; 1 otherwise."""
+        return 3 if self.fused_qkv and self.role_of(module_name) == 'qkv' else 1
 
     def role_of(self, module_name: str):
         for role, pattern in self.roles.items():
@@ -154,6 +164,46 @@ TABLES: List[TargetTable] = [
             'block': _TIMM_BLOCK,
         },
         cls_token='cls_token', always_trained=r'head'),
+    TargetTable(
+        name='timm Eva',
+        classes=('timm.models.eva.Eva', ),
+        kind='vit',
+        roles={
+            'patch_embed': r'patch_embed\.proj',
+            'patch_embed_norm': r'patch_embed\.norm',
+            'norm1': _TIMM_BLOCK + r'\.norm1',
+            'qkv': _TIMM_BLOCK + r'\.attn\.[qkv]_proj',  # (EVA-02: separate; k has no bias)
+            'proj': _TIMM_BLOCK + r'\.attn\.proj',
+            'norm2': _TIMM_BLOCK + r'\.norm2',
+            'fc1': _TIMM_BLOCK + r'\.mlp\.fc1(?:_g|_x)?',  # SwiGLU: gate and value projections
+            'fc2': _TIMM_BLOCK + r'\.mlp\.fc2',
+            'final_norm': r'norm|fc_norm',
+            'block': _TIMM_BLOCK,
+        },
+        cls_token='cls_token', always_trained=r'head', fused_qkv=False,
+        prompt_blocker='its attention applies a rotary position embedding to every token after '
+                       'the prefix tokens by grid position, and prompt tokens have none'),
+    TargetTable(
+        name='timm SwinTransformer',
+        classes=('timm.models.swin_transformer.SwinTransformer', ),
+        kind='swin',
+        roles={  # (channels-last maps: (B, H, W, C) between the blocks)
+            'patch_embed': r'patch_embed\.proj',
+            'patch_embed_norm': r'patch_embed\.norm',
+            'norm1': _TIMM_SWIN_BLOCK + r'\.norm1',
+            'qkv': _TIMM_SWIN_BLOCK + r'\.attn\.qkv',
+            'proj': _TIMM_SWIN_BLOCK + r'\.attn\.proj',
+            'norm2': _TIMM_SWIN_BLOCK + r'\.norm2',
+            'fc1': _TIMM_SWIN_BLOCK + r'\.mlp\.fc1',
+            'fc2': _TIMM_SWIN_BLOCK + r'\.mlp\.fc2',
+            'merge_norm': r'layers\.\d+\.downsample\.norm',  # (timm: at a stage's start)
+            'merge_reduction': r'layers\.\d+\.downsample\.reduction',
+            'out_norm': r'norm',
+            'block': _TIMM_SWIN_BLOCK,
+        },
+        pooled_output=True, always_trained=r'head\.fc',
+        prompt_blocker="mmssf's Swin prompt flow follows OpenMMLab's ShiftWindowMSA and "
+                       "PatchMerging modules; timm's window attention is not covered yet"),
     TargetTable(
         name='mmpretrain SwinTransformer',
         classes=('mmpretrain.models.backbones.swin_transformer.SwinTransformer', ),
@@ -316,6 +366,10 @@ TOKEN_MAPS: Dict[str, TokenMap] = {
         extra_tokens=lambda backbone: int(bool(backbone.with_cls_token)), attn_residual='attn',
         norm='ln2'),
     'timm VisionTransformer': TokenMap(
+        blocks=_TIMM_BLOCK, grid='conv_map', grid_source='patch_embed.proj',
+        extra_tokens=lambda backbone: int(backbone.num_prefix_tokens), attn_residual='branch',
+        norm='norm2', ffn='mlp', branches=('drop_path1', 'drop_path2')),
+    'timm Eva': TokenMap(
         blocks=_TIMM_BLOCK, grid='conv_map', grid_source='patch_embed.proj',
         extra_tokens=lambda backbone: int(backbone.num_prefix_tokens), attn_residual='branch',
         norm='norm2', ffn='mlp', branches=('drop_path1', 'drop_path2')),

@@ -319,6 +319,9 @@ class _VPT(PeftMethod):
 
     def check_pool_option(self, backbone):
         table = find_table(backbone)
+        if table.prompt_blocker:
+            raise ValueError(f'{type(self).__name__} cannot prompt {table.name}: '
+                             f'{table.prompt_blocker}. Every other method works on it')
         pooled = table.kind == 'swin' and table.pooled_output
         if self.pool_prompts and not pooled:
             raise ValueError(
