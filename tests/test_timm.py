@@ -172,3 +172,32 @@ def test_peft_backbone_tunes_the_model_inside_mmpretrain_timm_backbone():
     assert trainable and all(n.startswith('timm_model.') and '.ssf_' in n for n in trainable)
     out = backbone(torch.randn(1, 3, 32, 32))
     assert out[0].shape[-1] == 192
+
+
+@pytest.mark.parametrize('fmt', ['pth', 'safetensors', 'npz'])
+def test_timm_backbone_loads_a_local_checkpoint_of_each_format_then_tunes(tmp_path, fmt):
+    """Weights come from files, never a hub: ``checkpoint_path=`` a ``.pth`` state dict, a
+    ``.safetensors`` file or Google's ``.npz`` (written here), loaded by timm, then tuned."""
+    from mmengine.registry import init_default_scope
+    from mmpretrain.registry import MODELS as MMPRETRAIN_MODELS
+
+    from test_converters import _write_google_npz
+    source, _ = build('vit', seed=3)
+    path = str(tmp_path / f'vit.{fmt}')
+    if fmt == 'pth':
+        torch.save(source.state_dict(), path)
+    elif fmt == 'safetensors':
+        from safetensors.torch import save_file
+        save_file({k: v.contiguous() for k, v in source.state_dict().items()}, path)
+    else:
+        _write_google_npz(source, path)
+    init_default_scope('mmpretrain')
+    model_name, overrides, _ = MODELS['vit']
+    backbone = MMPRETRAIN_MODELS.build(dict(
+        type='mmssf.PeftBackbone', stock_type='TIMMBackbone', model_name=model_name,
+        checkpoint_path=path, peft=dict(type='SSF'), **overrides))
+    assert get_peft(backbone.timm_model) is not None
+    loaded = backbone.timm_model.state_dict()
+    for key, value in source.state_dict().items():
+        if not key.startswith('head'):  # (TIMMBackbone drops the classifier)
+            torch.testing.assert_close(loaded[key], value, rtol=0, atol=1e-6, msg=key)
