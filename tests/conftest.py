@@ -38,6 +38,14 @@ def _mmseg_vit(**kw):
                              mlp_ratio=2, out_indices=(0, 1), final_norm=True, **kw)
 
 
+def _timm_vit(**kw):
+    # (no classifier, average-pooled: every token reaches the output, as the other fixtures'
+    # maps do; a timm model with its classifier inside: tests/test_timm.py)
+    from timm.models.vision_transformer import VisionTransformer
+    return VisionTransformer(img_size=64, patch_size=16, embed_dim=32, depth=2, num_heads=2,
+                             mlp_ratio=2.0, num_classes=0, global_pool='avg', **kw)
+
+
 # name -> (factory, input size). Swin inputs are not multiples of the window, so padding runs.
 BACKBONES = {
     'mmpretrain_vit': (_mmpretrain_vit, (64, 64)),
@@ -45,6 +53,7 @@ BACKBONES = {
     'mmdet_swin': (_mmdet_swin, (72, 88)),
     'mmseg_swin': (_mmseg_swin, (72, 88)),
     'mmseg_vit': (_mmseg_vit, (80, 96)),
+    'timm_vit': (_timm_vit, (64, 64)),
 }
 
 

@@ -75,6 +75,13 @@ def mmseg_vit_layer(layer, x):
     return layer.ref2(x, layer.grid, layer.extra)
 
 
+def timm_vit_block(block, x):
+    x = x + block.drop_path1(block.ls1(block.attn(block.norm1(x))))
+    x = block.ref1(x, block.grid, block.extra)
+    x = x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+    return block.ref2(x, block.grid, block.extra)
+
+
 def reference_model(name, tuned, size):
     """A stock copy of ``tuned``'s backbone with the reference block forwards and its Mona
     parameters."""
@@ -91,7 +98,8 @@ def reference_model(name, tuned, size):
         if 'vit' in name:
             block.grid = (size[0] // 16, size[1] // 16)
             block.extra = 1
-            forward = mmseg_vit_layer if name == 'mmseg_vit' else mmpretrain_vit_layer
+            forward = {'mmseg_vit': mmseg_vit_layer, 'timm_vit': timm_vit_block}.get(
+                name, mmpretrain_vit_layer)
         else:
             forward = swin_block
         block.forward = types.MethodType(forward, block)
@@ -135,8 +143,8 @@ def test_default_targets_are_every_block(backbone_name):
     names = [u.name for u in method.units]
     expected = 3 if 'swin' in backbone_name else 2  # conftest: Swin depths (2, 1), ViT 2 layers
     assert len(names) == expected
-    vit = 'vit' in backbone_name
-    assert all(n.startswith('layers.') if vit else '.blocks.' in n for n in names)
+    prefix = {'timm_vit': 'blocks.'}.get(backbone_name, 'layers.')
+    assert all(n.startswith(prefix) if 'vit' in backbone_name else '.blocks.' in n for n in names)
 
 
 def test_swin_gradient_checkpointing_changes_nothing():

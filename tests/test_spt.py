@@ -222,10 +222,12 @@ def test_allocation_meets_budget_and_follows_the_rule(kind, backbone_name):
 
 
 QKV = {'mmpretrain_vit': 'layers.{}.attn.qkv', 'mmseg_vit': 'layers.{}.attn.attn',
+       'timm_vit': 'blocks.{}.attn.qkv',
        'mmpretrain_swin': 'stages.0.blocks.{}.attn.w_msa.qkv',
        'mmdet_swin': 'stages.0.blocks.{}.attn.w_msa.qkv',
        'mmseg_swin': 'stages.0.blocks.{}.attn.w_msa.qkv'}
 NORM = {'mmpretrain_vit': 'layers.{}.ln1', 'mmseg_vit': 'layers.{}.ln1',
+        'timm_vit': 'blocks.{}.norm1',
         'mmpretrain_swin': 'stages.0.blocks.{}.norm1', 'mmdet_swin': 'stages.0.blocks.{}.norm1',
         'mmseg_swin': 'stages.0.blocks.{}.norm1'}
 

@@ -17,7 +17,7 @@ from mmengine.logging import MMLogger, print_log
 from mmengine.registry import MODELS as ROOT_MODELS
 
 from ..peft import apply_peft, get_peft, load_peft
-from ..peft.targets import find_table
+from ..peft.targets import find_table, unwrap
 from ..registry import MODELS
 
 
@@ -38,18 +38,19 @@ def PeftBackbone(stock_type, peft, peft_checkpoint=None, **stock_kwargs):
     wraps the model in DDP, so ``find_unused_parameters`` is never needed.
     """
     backbone = ROOT_MODELS.build(dict(type=stock_type, **stock_kwargs))
+    tuned = unwrap(backbone)  # (mmpretrain.TIMMBackbone: its timm model)
     try:
-        find_table(backbone)
+        find_table(tuned)
     except TypeError as err:
         raise TypeError(f'mmssf.PeftBackbone cannot tune {stock_type!r}: {err}') from None
     if hasattr(backbone, 'init_weights'):
         backbone.init_weights()
         _reload_after_parent_init(backbone)
-    method = apply_peft(backbone, peft)
+    method = apply_peft(tuned, peft)
     if peft_checkpoint:
-        load_peft(backbone, peft_checkpoint)
-    print_log(f'mmssf: {type(method).__name__} on {type(backbone).__name__}: '
-              f'{method.num_trainable(backbone):,} trainable backbone parameters', logger='current',
+        load_peft(tuned, peft_checkpoint)
+    print_log(f'mmssf: {type(method).__name__} on {type(tuned).__name__}: '
+              f'{method.num_trainable(tuned):,} trainable backbone parameters', logger='current',
               level=logging.INFO)
     return backbone
 
@@ -69,8 +70,8 @@ def _reload_after_parent_init(backbone):
 
     def init_weights(self):
         self._is_init = False
-        method = get_peft(self)
-        quiet = _OnlyPeftKeysMissing(method.peft_state_dict(self) if method else {})
+        method = get_peft(unwrap(self))
+        quiet = _OnlyPeftKeysMissing(method.peft_state_dict(unwrap(self)) if method else {})
         logger = MMLogger.get_current_instance()
         logger.addFilter(quiet)
         try:

@@ -21,6 +21,7 @@ parameter cost ``num_params(module, r)`` and ``can_wrap(module)`` that SPT's all
 """
 import copy
 import inspect
+import re
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -288,8 +289,18 @@ class PeftMethod:
             names += unit.full_names(unit.buffer_names)
         return names
 
+    def tuned_names(self, backbone: nn.Module) -> List[str]:
+        """What trains: the method's tensors (:meth:`trainable_names`) and the parameters of
+        the modules the table trains with every method (the classifier inside a timm model)."""
+        names = list(self.trainable_names(backbone))
+        pattern = self.table.always_trained
+        if pattern:
+            names += [n for n, _ in backbone.named_parameters() if n not in names
+                      and re.fullmatch(pattern, n.rsplit('.', 1)[0])]
+        return names
+
     def freeze(self, backbone: nn.Module) -> None:
-        trainable = set(self.trainable_names(backbone))
+        trainable = set(self.tuned_names(backbone))
         for name, param in backbone.named_parameters():
             param.requires_grad_(name in trainable)
 
@@ -306,7 +317,7 @@ class PeftMethod:
 
     # -- PEFT-only state ----------------------------------------------------------------------
     def peft_state_dict(self, backbone: nn.Module) -> Dict[str, torch.Tensor]:
-        wanted = set(self.trainable_names(backbone)) | set(self.buffer_names())
+        wanted = set(self.tuned_names(backbone)) | set(self.buffer_names())
         return {k: v.detach().clone() for k, v in backbone.state_dict(keep_vars=True).items()
                 if k in wanted}
 

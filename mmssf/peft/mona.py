@@ -28,8 +28,11 @@ stock modules (facts from :data:`~mmssf.peft.targets.TOKEN_MAPS`): where the blo
 attention residual (mmcv-style blocks), a pre-hook on the norm before the MLP replaces its input by
 ``mona1(x)`` and a pre-hook on the MLP passes the same tensor as its ``identity``; where the
 attention module returns the sum (mmseg ViT), a hook on its output; after the MLP, a hook on the
-MLP's output. The grid ``(H, W)`` comes from each Swin block's ``hw_shape`` argument, or from the
-ViT patch embedding's output.
+MLP's output; where the block adds both residuals itself and no module sees the sums (timm:
+``x = x + drop_path1(ls1(attn(norm1(x))))``), each residual branch's output gains the adapter's
+increment of the sum it forms (the block's input, resp. the MLP norm's input, is kept by a
+pre-hook). The grid ``(H, W)`` comes from each Swin block's ``hw_shape`` argument, or from the
+ViT patch embedding's output (its convolution's map for timm).
 
 Not mergeable: the adapters are non-linear and have no stock parameter; the PEFT-only state dict is
 the export.
@@ -79,12 +82,24 @@ class MonaUnit(PeftUnit):
         self.extra = facts.extra_tokens(self.backbone)
         self.grid = None
         self._stash = None
+        self._residual = {}
         if facts.grid == 'block_arg':
             self.handles.append(block.register_forward_pre_hook(self._grid_from_block,
                                                                 with_kwargs=True))
         else:
             source = dict(self.backbone.named_modules())[facts.grid_source]
-            self.handles.append(source.register_forward_hook(self._grid_from_embed))
+            self.handles.append(source.register_forward_hook(
+                self._grid_from_embed if facts.grid == 'patch_embed' else self._grid_from_map))
+        if facts.attn_residual == 'branch':
+            # x = x + branch1(attn(norm1(x))); x = x + branch2(mlp(norm2(x))) with no module
+            # seeing the sums: each branch's output gains mona's increment of the sum it makes
+            self.handles.append(block.register_forward_pre_hook(self._keep_input('attn')))
+            self.handles.append(self.norm_module.register_forward_pre_hook(
+                self._keep_input('ffn')))
+            for site, branch in zip(SITES, facts.branches):
+                self.handles.append(getattr(block, branch).register_forward_hook(
+                    self._add_increment(site)))
+            return
         if facts.attn_residual == 'block':
             self.handles.append(self.norm_module.register_forward_pre_hook(self._after_attn_pre))
             self.handles.append(self.ffn_module.register_forward_pre_hook(self._ffn_identity,
@@ -123,6 +138,25 @@ class MonaUnit(PeftUnit):
     def _grid_from_embed(self, module, args, out):
         self.grid = tuple(int(v) for v in out[1])
 
+    def _grid_from_map(self, module, args, out):
+        self.grid = tuple(int(v) for v in out.shape[-2:])
+
+    # -- the stream where the block adds both residuals itself (timm) ------------------------
+    def _keep_input(self, site):
+        def hook(module, args):
+            self._residual[site] = args[0]
+        return hook
+
+    def _add_increment(self, site):
+        def hook(module, args, out):
+            stream = self._residual.pop(site, None)
+            if stream is None:
+                raise RuntimeError(f'Mona on {self.name}: the {site} branch ran before its '
+                                   f'block / norm; the block does not have the structure mmssf '
+                                   f'expects')
+            return out + self.increment(site, stream + out)
+        return hook
+
     # -- the stream after the attention residual (mmcv-style blocks) ---------------------------
     def _after_attn_pre(self, module, args):
         adapted = self.adapt('attn', args[0])
@@ -147,6 +181,10 @@ class MonaUnit(PeftUnit):
 
     # -- the adapter ---------------------------------------------------------------------------
     def adapt(self, site: str, x: torch.Tensor) -> torch.Tensor:
+        return x + self.increment(site, x)
+
+    def increment(self, site: str, x: torch.Tensor) -> torch.Tensor:
+        """``mona(x) - x``: the adapter's bottleneck path."""
         p = {name[len(f'mona_{site}_'):]: self.module._parameters[name]
              for name in self.param_names if name.startswith(f'mona_{site}_')}
         h = F.layer_norm(x, (self.dim, ), p['norm_weight'], p['norm_bias']) * p['gamma'] \
@@ -167,7 +205,7 @@ class MonaUnit(PeftUnit):
         spatial = multi.flatten(2).transpose(1, 2)
         h = torch.cat([h[:, :extra], spatial], dim=1) if extra else spatial
         h = F.dropout(F.gelu(h), self.dropout, self.module.training)
-        return x + F.linear(h, p['up_weight'], p['up_bias'])
+        return F.linear(h, p['up_weight'], p['up_bias'])
 
 
 @PEFT_METHODS.register_module()

@@ -49,7 +49,8 @@ class RLRRUnit(PeftUnit):
 
     def attach(self):
         fan_in, fan_out = in_out_features(self.module)
-        blocks = self.opts.qkv_blocks if self.role == 'qkv' else 1  # (only the fused qkv has blocks)
+        blocks = (self.opts.qkv_blocks if self.method.table.qkv_blocks(self.name) == 3
+                  else 1)  # (only a fused qkv has blocks)
         if blocks is None:
             blocks = 3 if self.method.table.kind == 'vit' else 1
         if fan_out % blocks:
@@ -69,7 +70,12 @@ class RLRRUnit(PeftUnit):
         self.right = self.add_parameter('rlrr_right', right if blocks > 1 else right[0].clone())
         w_name, b_name = weight_and_bias_names(self.module)
         self.has_bias = getattr(self.module, b_name) is not None
-        self.shift = self.add_parameter('rlrr_bias', torch.zeros(fan_out)) if self.opts.shift else None
+        use_shift = self.opts.shift
+        if use_shift and not self.has_bias and self.role == 'qkv' and self.from_default:
+            # a bias-free key projection (EVA-02): a shift there adds q·f to all logits of a query,
+            # which the softmax cancels; the default placement leaves it out and stays mergeable
+            use_shift = False
+        self.shift = self.add_parameter('rlrr_bias', torch.zeros(fan_out)) if use_shift else None
         names = (w_name, b_name) if self.has_bias else (w_name, )
         if self.shift is not None and not self.has_bias:
             # no stock bias: the shift is added to the output (trains; merge is refused)

@@ -178,7 +178,7 @@ class SNELLUnit(PeftUnit):
         if r % PIECES:
             raise OptionError(f'SNELL on {self.name}: r={r} must be a multiple of {PIECES} (the '
                               f'piecewise-linear kernel splits each factor row in {PIECES})')
-        blocks = self.opts.qkv_blocks if self.role == 'qkv' else 1
+        blocks = self.opts.qkv_blocks if self.method.table.qkv_blocks(self.name) == 3 else 1
         if fan_out % blocks:
             raise OptionError(f'SNELL on {self.name}: qkv_blocks={blocks} does not divide its '
                               f'{fan_out} output rows')

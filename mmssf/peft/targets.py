@@ -8,15 +8,20 @@ Roles:
     patch_embed       the patch-embedding projection (Conv2d)
     patch_embed_norm  the norm after it (Swin)
     norm1 / norm2     pre-attention / pre-MLP LayerNorms of each block
-    qkv               the fused q/k/v projection (``nn.MultiheadAttention`` in-projection in mmseg ViT)
+    qkv               the fused q/k/v projection (``nn.MultiheadAttention`` in-projection in mmseg ViT),
+                      or the three separate ones where the table says ``fused_qkv=False`` (EVA-02)
     proj              the attention output projection
-    fc1 / fc2         the two MLP Linears
+    fc1 / fc2         the two MLP Linears (fc1: both input projections of a SwiGLU MLP, EVA-02)
     final_norm        the norm after the last block (ViT)
     out_norm          the norms on the output stages (Swin ``norm{i}``)
     merge_norm        the norm in Swin patch merging
     merge_reduction   the bias-free Linear in Swin patch merging
+    layer_scale       timm's per-channel LayerScale after attention / MLP (DINOv2: ``ls1`` / ``ls2``)
     block             a ViT encoder layer / a Swin block (VPT inserts prompts around it)
     window_attn       a Swin window attention (VPT shares prompts across its windows)
+
+A role whose module is an ``nn.Identity`` in a given model (timm: ``fc_norm`` of a cls-token
+model, ``patch_embed.norm``, LayerScale off) is absent there.
 
 Swin token flow (VPT carries prompt tokens through these; see "Swin token-flow facts" below):
     stage             a Swin stage (blocks, then an optional patch merging)
@@ -35,6 +40,8 @@ from torch import nn
 
 _SWIN_BLOCK = r'stages\.\d+\.blocks\.\d+'
 _VIT_LAYER = r'layers\.\d+'
+_TIMM_BLOCK = r'blocks\.\d+'
+_TIMM_SWIN_BLOCK = r'layers\.\d+\.blocks\.\d+'
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,18 @@ class TargetTable:
     #: the last stage's output map feeds a classifier's global average pool (mmpretrain); dense
     #: backbones (mmdet, mmseg) feed their maps to dense heads
     pooled_output: bool = False
+    #: regex (full match) of modules inside the tuned model that train with every method: the
+    #: classifier of an implementation whose model includes it (timm), as a head outside an
+    #: OpenMMLab backbone does
+    always_trained: str = ''
+    #: the ``qkv`` role is one Linear whose output rows stack q, k and v (False: three Linears)
+    fused_qkv: bool = True
+    #: why prompt tokens (VPT) cannot join this implementation's token stream ('' : they can)
+    prompt_blocker: str = ''
+
+    def qkv_blocks(self, module_name: str) -> int:
+        """3 for a module whose output rows stack q, k and v; 1 otherwise."""
+        return 3 if self.fused_qkv and self.role_of(module_name) == 'qkv' else 1
 
     def role_of(self, module_name: str):
         for role, pattern in self.roles.items():
@@ -128,6 +147,64 @@ TABLES: List[TargetTable] = [
         shift_sinks={'patch_embed.projection': ('pos_embed', 1)},
         cls_token='cls_token'),
     TargetTable(
+        name='timm VisionTransformer',
+        classes=('timm.models.vision_transformer.VisionTransformer', ),
+        kind='vit',
+        roles={
+            'patch_embed': r'patch_embed\.proj',
+            'patch_embed_norm': r'patch_embed\.norm',
+            'norm1': _TIMM_BLOCK + r'\.norm1',
+            'qkv': _TIMM_BLOCK + r'\.attn\.qkv',
+            'proj': _TIMM_BLOCK + r'\.attn\.proj',
+            'norm2': _TIMM_BLOCK + r'\.norm2',
+            'fc1': _TIMM_BLOCK + r'\.mlp\.fc1',
+            'fc2': _TIMM_BLOCK + r'\.mlp\.fc2',
+            'layer_scale': _TIMM_BLOCK + r'\.ls[12]',
+            'final_norm': r'norm|fc_norm',  # (one is an Identity, by the model's pooling)
+            'block': _TIMM_BLOCK,
+        },
+        cls_token='cls_token', always_trained=r'head'),
+    TargetTable(
+        name='timm Eva',
+        classes=('timm.models.eva.Eva', ),
+        kind='vit',
+        roles={
+            'patch_embed': r'patch_embed\.proj',
+            'patch_embed_norm': r'patch_embed\.norm',
+            'norm1': _TIMM_BLOCK + r'\.norm1',
+            'qkv': _TIMM_BLOCK + r'\.attn\.[qkv]_proj',  # (EVA-02: separate; k has no bias)
+            'proj': _TIMM_BLOCK + r'\.attn\.proj',
+            'norm2': _TIMM_BLOCK + r'\.norm2',
+            'fc1': _TIMM_BLOCK + r'\.mlp\.fc1(?:_g|_x)?',  # SwiGLU: gate and value projections
+            'fc2': _TIMM_BLOCK + r'\.mlp\.fc2',
+            'final_norm': r'norm|fc_norm',
+            'block': _TIMM_BLOCK,
+        },
+        cls_token='cls_token', always_trained=r'head', fused_qkv=False,
+        prompt_blocker='its attention applies a rotary position embedding to every token after '
+                       'the prefix tokens by grid position, and prompt tokens have none'),
+    TargetTable(
+        name='timm SwinTransformer',
+        classes=('timm.models.swin_transformer.SwinTransformer', ),
+        kind='swin',
+        roles={  # (channels-last maps: (B, H, W, C) between the blocks)
+            'patch_embed': r'patch_embed\.proj',
+            'patch_embed_norm': r'patch_embed\.norm',
+            'norm1': _TIMM_SWIN_BLOCK + r'\.norm1',
+            'qkv': _TIMM_SWIN_BLOCK + r'\.attn\.qkv',
+            'proj': _TIMM_SWIN_BLOCK + r'\.attn\.proj',
+            'norm2': _TIMM_SWIN_BLOCK + r'\.norm2',
+            'fc1': _TIMM_SWIN_BLOCK + r'\.mlp\.fc1',
+            'fc2': _TIMM_SWIN_BLOCK + r'\.mlp\.fc2',
+            'merge_norm': r'layers\.\d+\.downsample\.norm',  # (timm: at a stage's start)
+            'merge_reduction': r'layers\.\d+\.downsample\.reduction',
+            'out_norm': r'norm',
+            'block': _TIMM_SWIN_BLOCK,
+        },
+        pooled_output=True, always_trained=r'head\.fc',
+        prompt_blocker="mmssf's Swin prompt flow follows OpenMMLab's ShiftWindowMSA and "
+                       "PatchMerging modules; timm's window attention is not covered yet"),
+    TargetTable(
         name='mmpretrain SwinTransformer',
         classes=('mmpretrain.models.backbones.swin_transformer.SwinTransformer', ),
         kind='swin', roles=SWIN_ROLES, pooled_output=True),
@@ -166,6 +243,29 @@ def module_in(backbone: nn.Module, table: TargetTable, role: str, prefix: str):
     return None
 
 
+#: wrapper backbones -> the attribute holding the model they wrap (mmssf tunes that model; its
+#: state-dict keys keep the wrapper's prefix, e.g. ``backbone.timm_model.blocks.0...``)
+WRAPPERS: Dict[str, str] = {
+    'mmpretrain.models.backbones.timm_backbone.TIMMBackbone': 'timm_model',
+}
+
+
+def unwrap(backbone: nn.Module) -> nn.Module:
+    """The module mmssf tunes for ``backbone``: the model a wrapper holds, else ``backbone``."""
+    for cls in type(backbone).__mro__:
+        attr = WRAPPERS.get(f'{cls.__module__}.{cls.__qualname__}')
+        if attr is not None:
+            return getattr(backbone, attr)
+    return backbone
+
+
+def patch_embed_conv(backbone: nn.Module, table: Optional[TargetTable] = None) -> nn.Conv2d:
+    """The patch-embedding convolution (role ``patch_embed``) of ``backbone``."""
+    table = table or find_table(backbone)
+    name, = resolve_targets(backbone, table, 'patch_embed')
+    return dict(backbone.named_modules())[name]
+
+
 def supported_backbones() -> List[str]:
     return [t.name for t in TABLES]
 
@@ -189,7 +289,8 @@ def resolve_targets(backbone: nn.Module, table: TargetTable, pattern: str,
     Raises:
         ValueError: ``required`` and nothing matches; the message lists the names that exist.
     """
-    names = [n for n, _ in backbone.named_modules() if n]
+    names = [n for n, m in backbone.named_modules()
+             if n and not (pattern in table.roles and isinstance(m, nn.Identity))]
     regex = table.roles.get(pattern, pattern)
     try:
         matched = [n for n in names if re.fullmatch(regex, n)]
@@ -225,13 +326,17 @@ class TokenMap:
         blocks: regex (full match) of the block modules.
         grid: ``'block_arg'``: each block is called as ``block(x, hw_shape)`` (Swin stages);
             ``'patch_embed'``: one grid for every block, the ``(H, W)`` that the module
-            ``grid_source`` returns as its second output (ViT).
+            ``grid_source`` returns as its second output (ViT); ``'conv_map'``: the spatial size
+            of the map the convolution ``grid_source`` returns (timm ViT).
         grid_source: the module of ``'patch_embed'`` grids.
         extra_tokens: the number of leading tokens that are not on the grid (cls token), read from
             the backbone.
         attn_residual: where ``x + attn(norm1(x))`` is formed: ``'block'``, in the block's own
             forward, which passes it to ``norm`` (first argument) and to ``ffn`` (its ``identity``
-            keyword); ``'attn'``: the attention module ``attn`` returns it (``identity=x``).
+            keyword); ``'attn'``: the attention module ``attn`` returns it (``identity=x``);
+            ``'branch'``: the block adds both residuals itself, ``x = x + b1(...)`` and ``x = x +
+            b2(ffn(norm(x)))``, with the modules named ``branches`` ending the two branches
+            (timm).
         attn / norm / ffn: names of the block's attention module, of the norm before the MLP and of
             the MLP module (which returns ``identity + mlp(...)``).
     """
@@ -243,6 +348,7 @@ class TokenMap:
     attn: str = 'attn'
     norm: str = 'norm2'
     ffn: str = 'ffn'
+    branches: Tuple[str, str] = ()
 
 
 _SWIN_TOKEN_MAP = TokenMap(blocks=_SWIN_BLOCK, grid='block_arg', extra_tokens=lambda backbone: 0,
@@ -259,6 +365,14 @@ TOKEN_MAPS: Dict[str, TokenMap] = {
         blocks=_VIT_LAYER, grid='patch_embed', grid_source='patch_embed',
         extra_tokens=lambda backbone: int(bool(backbone.with_cls_token)), attn_residual='attn',
         norm='ln2'),
+    'timm VisionTransformer': TokenMap(
+        blocks=_TIMM_BLOCK, grid='conv_map', grid_source='patch_embed.proj',
+        extra_tokens=lambda backbone: int(backbone.num_prefix_tokens), attn_residual='branch',
+        norm='norm2', ffn='mlp', branches=('drop_path1', 'drop_path2')),
+    'timm Eva': TokenMap(
+        blocks=_TIMM_BLOCK, grid='conv_map', grid_source='patch_embed.proj',
+        extra_tokens=lambda backbone: int(backbone.num_prefix_tokens), attn_residual='branch',
+        norm='norm2', ffn='mlp', branches=('drop_path1', 'drop_path2')),
     'mmpretrain SwinTransformer': _SWIN_TOKEN_MAP,
     'mmdet SwinTransformer': _SWIN_TOKEN_MAP,
     'mmseg SwinTransformer': _SWIN_TOKEN_MAP,

@@ -49,12 +49,12 @@ from ..registry import PEFT_METHODS
 from .base import MergeError, PeftMethod, PeftUnit
 from .hooks import replace_forward
 from .options import Option, OptionError
-from .targets import find_table, module_in, resolve_targets, swin_stage_of
+from .targets import find_table, module_in, patch_embed_conv, resolve_targets, swin_stage_of
 
 
 def prompt_init_bound(backbone: nn.Module, dim: int) -> float:
     """VPT's uniform init bound sqrt(6 / (3 · patch_h · patch_w + d))."""
-    kernel = backbone.patch_embed.projection.kernel_size
+    kernel = patch_embed_conv(backbone).kernel_size
     return math.sqrt(6.0 / (3 * kernel[0] * kernel[1] + dim))
 
 
@@ -85,7 +85,7 @@ class ViTLayerPrompts(_PromptUnit):
 
     def attach(self):
         if self.method.deep or self.method.layer_index(self) == 0:
-            self.make_prompts(self.backbone.patch_embed.projection.out_channels)
+            self.make_prompts(patch_embed_conv(self.backbone, self.method.table).out_channels)
         self.handles.append(self.module.register_forward_pre_hook(self.add_prompts))
         self.handles.append(self.module.register_forward_hook(self.strip_prompts))
 
@@ -319,6 +319,9 @@ class _VPT(PeftMethod):
 
     def check_pool_option(self, backbone):
         table = find_table(backbone)
+        if table.prompt_blocker:
+            raise ValueError(f'{type(self).__name__} cannot prompt {table.name}: '
+                             f'{table.prompt_blocker}. Every other method works on it')
         pooled = table.kind == 'swin' and table.pooled_output
         if self.pool_prompts and not pooled:
             raise ValueError(

@@ -126,7 +126,7 @@ class Candidate:
 
 def fused_qkv_leaves(table, modules: Dict[str, nn.Module], owner: str) -> Tuple[str, ...]:
     """Leaf names of the parameters of ``owner`` whose rows stack q, k and v."""
-    if table.role_of(owner) != 'qkv' or owner not in modules:
+    if table.qkv_blocks(owner) != 3 or owner not in modules:
         return ()
     try:
         return tuple(weight_and_bias_names(modules[owner]))
@@ -518,7 +518,7 @@ def sensitive_counts(top, top_seg, starts, names, backbone) -> Dict[str, object]
     for i, name in enumerate(names):
         if not per_param[i]:
             continue
-        if table.role_of(name.rpartition('.')[0]) == 'qkv':
+        if table.qkv_blocks(name.rpartition('.')[0]) == 3:
             local = top[top_seg == i] - starts[i]
             counts[name] = torch.bincount(local * 3 // params[name].numel(), minlength=3).tolist()
         else:
