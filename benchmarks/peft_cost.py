@@ -50,15 +50,14 @@ from torch import nn  # noqa: E402
 import mmssf  # noqa: E402,F401  (registers the methods)
 from mmssf.peft.registry_facts import method_classes  # noqa: E402
 
-#: short keys / labels of the seed methods (other registered methods get their class name)
-KEYS = {'FullFineTune': 'full', 'LinearProbe': 'linear', 'VPTShallow': 'vpt_shallow',
-        'VPTDeep': 'vpt_deep'}
-LABELS = {'full': 'Full fine-tuning', 'linear': 'Linear probe', 'vpt_shallow': 'VPT-shallow (200 prompts)',
-          'vpt_deep': 'VPT-deep (50 prompts)', 'lora': 'LoRA (qkv, r=8)', 'adapter': 'Adapter (fc2, r=8)',
-          'ssf_naive': 'SSF (naive hook, reference)', 'bitfit': 'BitFit', 'ssf': 'SSF', 'rlrr': 'RLRR',
-          'dora': 'DoRA (qkv, r=8)', 'snell': 'SNELL-8 (all block Linears, s=0.9)',
-          'snell_dense': 'SNELL-8 storing ΔW (effective weights, reference)',
-          'mona': 'Mona (bottleneck 64)'}
+#: labels of the reference variants (the methods' own come from their cards: ``card.label``)
+VARIANT_LABELS = {'ssf_naive': 'SSF (naive hook, reference)',
+                  'snell_dense': 'SNELL-8 storing ΔW (effective weights, reference)'}
+
+
+def method_key(cls) -> str:
+    """Short key of a method: its zoo prefix (``vpt-deep`` -> ``vpt_deep``), else its name."""
+    return cls.card.zoo.replace('-', '_') if cls.card.zoo else cls.__name__.lower()
 
 
 def _builds_from_defaults(cls) -> bool:
@@ -75,12 +74,12 @@ def registry_methods():
     for cls in sorted(method_classes(), key=lambda c: (order.get(c.__name__, 2), c.__name__)):
         if not _builds_from_defaults(cls):
             continue
-        key = KEYS.get(cls.__name__, cls.__name__.lower())
-        rows[key] = (LABELS.get(key, cls.__name__), dict(type=cls.__name__), None)
+        key = method_key(cls)
+        rows[key] = (cls.card.label or cls.__name__, dict(type=cls.__name__), None)
         if key == 'ssf':
-            rows['ssf_naive'] = (LABELS['ssf_naive'], dict(type='SSF'), 'naive')
+            rows['ssf_naive'] = (VARIANT_LABELS['ssf_naive'], dict(type='SSF'), 'naive')
         if key == 'snell':
-            rows['snell_dense'] = (LABELS['snell_dense'], dict(type='SNELL'), 'dense')
+            rows['snell_dense'] = (VARIANT_LABELS['snell_dense'], dict(type='SNELL'), 'dense')
     return rows
 
 

@@ -25,23 +25,18 @@ import pytest
 import torch
 from mmengine.config import Config
 
+from mmssf.peft.registry_facts import config_names, zoo_folders, zoo_methods
 from runner_utils import HANG_TIMEOUT, PY, ROOT
 
 ZOO = osp.join(ROOT, 'configs')
 COUNT_TOOL = 'tools/analysis_tools/count_params.py'
-METHOD_FOLDERS = ('ssf', 'vpt', 'lora', 'adapter', 'bitfit', 'rlrr', 'spt', 'linear', 'full',
-                  'dora', 'snell', 'mona')
+#: from the method cards (``card.folder``, ``card.zoo``) of the registered methods
+METHOD_FOLDERS = zoo_folders()
 # shared stock bases; the `make demo` configs; the benchmark suites (one config per method and
 # suite, tested by test_benchmark_suites.py)
 NOT_METHOD_FOLDERS = ('_base_', 'demo', 'vtab1k', 'fgvc')
-# config name prefix -> accepted peft types
-PEFT_OF_PREFIX = {
-    'ssf': ('SSF', ), 'vpt-shallow': ('VPTShallow', ), 'vpt-deep': ('VPTDeep', ),
-    'lora': ('LoRA', ), 'adapter': ('Adapter', ), 'bitfit': ('BitFit', ), 'rlrr': ('RLRR', ),
-    'spt-lora': ('SPTLoRA', ), 'spt-adapter': ('SPTAdapter', ),
-    'linear': ('Linear', 'LinearProbe'), 'full': ('Full', 'FullFineTune'),
-    'dora': ('DoRA', ), 'snell': ('SNELL', ), 'mona': ('Mona', ),
-}
+# config name prefix -> accepted peft types (every name the method is registered under)
+PEFT_OF_PREFIX = {prefix: tuple(config_names(cls)) for prefix, cls in zoo_methods().items()}
 PRETRAINED = {  # config family -> backbone checkpoint (dense Swin configs keep the stock URL)
     'vit-base-p16_in21k-pre': 'pretrain/vit-base-p16_in21k_mmpretrain.pth',
     'swin-base_in22k-pre': 'pretrain/swin-base-p4-w7_in22k_mmpretrain.pth',

@@ -32,6 +32,7 @@ import pytest
 import torch
 
 from mmssf.datasets.generate_classification import write_vtab1k_task
+from mmssf.peft.registry_facts import suite_methods, zoo_methods
 from runner_utils import HANG_TIMEOUT, PY, ROOT
 
 PRE_CLASSES, TUNE_CLASSES = (0, 1, 2, 3, 4), (5, 6, 7, 8, 9)
@@ -41,21 +42,25 @@ IMG, PATCH = 16, 4
 INVERT_TUNE = False
 MARGIN = 3.0  # test-accuracy points over the linear probe
 EPOCHS = 12
-# method -> (config prefix in configs/vtab1k/, lr, peft options over the config's)
-METHODS = {
-    'linear': ('linear', 0.1, {}),
-    'ssf': ('ssf', 0.03, {}),
-    'bitfit': ('bitfit', 0.03, {}),
-    'lora': ('lora', 0.01, {}),
-    'rlrr': ('rlrr', 0.03, {}),
-    'adapter': ('adapter', 0.1, {}),
-    'vpt-deep': ('vpt-deep', 0.1, dict(num_prompts=8)),
-    'vpt-shallow': ('vpt-shallow', 0.1, dict(num_prompts=16)),
-    'spt-lora': ('spt-lora', 0.01, {}),
-    'spt-adapter': ('spt-adapter', 0.03, {}),
-    'full': ('full', 0.002, {}),
+# config prefix in configs/vtab1k/ -> (lr, peft options over the config's) for this tiny task
+RECIPES = {
+    'linear': (0.1, {}),
+    'ssf': (0.03, {}),
+    'bitfit': (0.03, {}),
+    'lora': (0.01, {}),
+    'rlrr': (0.03, {}),
+    'adapter': (0.1, {}),
+    'vpt-deep': (0.1, dict(num_prompts=8)),
+    'vpt-shallow': (0.1, dict(num_prompts=16)),
+    'spt-lora': (0.01, {}),
+    'spt-adapter': (0.03, {}),
+    'full': (0.002, {}),
 }
-MERGEABLE = ('linear', 'ssf', 'bitfit', 'lora', 'rlrr', 'spt-lora', 'full')
+#: every method of the VTAB-1k suite (from the method cards) -> (config prefix, lr, peft options),
+#: in the order above (the two drivers split the runs by position)
+METHODS = {prefix: (prefix, ) + recipe for prefix, recipe in RECIPES.items()
+           if prefix in suite_methods('vtab1k')}
+MERGEABLE = tuple(prefix for prefix in METHODS if zoo_methods()[prefix].mergeable)
 SPT_BUDGET = '6k'
 
 
@@ -182,6 +187,13 @@ for job in json.load(open(sys.argv[1])):
     print('>>>', ' '.join(job), flush=True)
     runpy.run_path(job[0], run_name='__main__')
 '''
+
+
+def test_every_suite_method_has_a_learning_recipe():
+    """A method joining the VTAB-1k suite (its card) joins this check: it needs an lr here."""
+    missing = sorted(set(suite_methods('vtab1k')) - set(RECIPES))
+    assert not missing, f'no learning-check recipe (lr, options) for {missing}'
+    assert set(RECIPES) <= set(suite_methods('vtab1k')), set(RECIPES) - set(suite_methods('vtab1k'))
 
 
 def test_every_method_learns_beyond_the_linear_probe(tmp_path):

@@ -5,6 +5,7 @@ A run config is written out in full (``Config.dump``) by the harness, so every n
 used is in its work directory; nothing is templated into the zoo configs themselves.
 """
 import copy
+import os
 import os.path as osp
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Sequence, Tuple
@@ -12,20 +13,39 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 from ..datasets.fgvc import FGVC_DATASETS, FGVC_SPLITS, fgvc_split_size, read_fgvc_split
 from ..datasets.vtab import (VTAB1K_GROUPS, VTAB1K_SPLITS, VTAB1K_TASKS, read_vtab1k_list,
                              vtab1k_split_size)
+from ..peft.registry_facts import suite_methods, zoo_methods
 from .recipes import Recipe
 
-#: the repository's configs/ folder (recipe and paper tables live beside the configs)
-CONFIG_ROOT = osp.join(osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))), 'configs')
-#: the methods of the zoo; a method config is ``<method>_<stock config name>``
-METHODS = ('ssf', 'rlrr', 'spt-lora', 'spt-adapter', 'lora', 'adapter', 'vpt-deep',
-           'vpt-shallow', 'bitfit', 'linear', 'full')
+_PACKAGE = osp.dirname(osp.dirname(osp.abspath(__file__)))
+#: where the zoo's configs/ may be, in order: ``$MMSSF_CONFIGS``; the source checkout the package
+#: is imported from (editable installs, the repository itself); the copy a wheel ships inside the
+#: package (``mmssf/.mim/configs``, OpenMMLab's mim layout, written by ``setup.py``)
+CONFIG_CANDIDATES = tuple(p for p in (os.environ.get('MMSSF_CONFIGS'),
+                                      osp.join(osp.dirname(_PACKAGE), 'configs'),
+                                      osp.join(_PACKAGE, '.mim', 'configs')) if p)
+
+
+def find_config_root() -> str:
+    """The first of :data:`CONFIG_CANDIDATES` that holds the suites' recipe tables (else the
+    checkout's path, which the first file access then names as missing)."""
+    for root in CONFIG_CANDIDATES:
+        if osp.isfile(osp.join(root, 'vtab1k', 'recipes.csv')):
+            return root
+    return osp.join(osp.dirname(_PACKAGE), 'configs')
+
+
+#: the zoo's configs/ folder (recipe and paper tables live beside the configs)
+CONFIG_ROOT = find_config_root()
+#: the methods of the suites, from their method cards (``card.suites``); a method config is
+#: ``<method>_<stock config name>`` with ``<method>`` the card's zoo prefix
+METHODS = tuple(dict.fromkeys(suite_methods('vtab1k') + suite_methods('fgvc')))
 #: how to make the ImageNet-21k ViT-B/16 file both suites' configs load (``pretrained``)
 PRETRAINED_HOW = ('convert the ImageNet-21k ViT-B/16 of the papers (Google\'s ViT-B_16.npz, '
                   'https://storage.googleapis.com/vit_models/imagenet21k/ViT-B_16.npz, or its '
                   'timm .pth) with `python tools/model_converters/vit_timm_to_mm.py ViT-B_16.npz '
                   '{checkpoint} --target mmpretrain`, or point --cfg-options '
                   'model.backbone.init_cfg.checkpoint=FILE at a converted file')
-MERGEABLE = ('ssf', 'rlrr', 'spt-lora', 'lora', 'bitfit', 'linear', 'full')
+MERGEABLE = tuple(m for m in METHODS if zoo_methods()[m].mergeable)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,8 @@ from .adapter import Adapter
 from .base import MergeError, PeftMethod, PeftUnit, get_peft
 from .baselines import BitFit, FullFineTune, LinearProbe
 from .builder import apply_peft, build_peft
+from .card import MethodCard
+from .delta_weight import DeltaWeightUnit
 from .dora import DoRA
 from .io import load_base_weights, load_peft, save_peft
 from .lora import LoRA
@@ -17,7 +19,8 @@ from .targets import find_table, supported_backbones
 from .vpt import VPTDeep, VPTShallow
 
 __all__ = [
-    'Adapter', 'BitFit', 'DoRA', 'FullFineTune', 'LinearProbe', 'LoRA', 'MergeError', 'Mona',
+    'Adapter', 'BitFit', 'DeltaWeightUnit', 'DoRA', 'FullFineTune', 'LinearProbe', 'LoRA',
+    'MergeError', 'MethodCard', 'Mona',
     'Option', 'OptionError', 'PeftMethod', 'PeftUnit', 'RLRR', 'SNELL', 'SPTAdapter', 'SPTLoRA',
     'SSF', 'VPTDeep', 'VPTShallow', 'apply_peft', 'build_peft', 'count_trainable', 'find_table',
     'get_peft', 'load_base_weights', 'load_peft', 'print_trainable_parameters', 'save_peft',

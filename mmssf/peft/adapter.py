@@ -11,8 +11,10 @@ from torch import nn
 
 from ..registry import PEFT_METHODS
 from .base import MergeError, PeftMethod, PeftUnit
+from .card import MethodCard
+from .delta_weight import ROW_BLOCK_OPTIONS, row_range
 from .hooks import host_of, needs_reparam
-from .options import Option, OptionError
+from .options import Option
 from .ssf import out_channels
 
 _ACTIVATIONS = {'gelu': F.gelu, 'relu': F.relu}
@@ -26,10 +28,7 @@ class AdapterUnit(PeftUnit):
         r=Option(8, int, min=1, doc='bottleneck width'),
         act=Option('gelu', str, choices=tuple(_ACTIVATIONS), doc='activation'),
         scale=Option(1.0, float, doc='output scale'),
-        row_block=Option(None, int, min=0,
-                         doc='adapt only this block of the output channels (None: all)'),
-        row_blocks=Option(1, int, min=1,
-                          doc='equal output-channel blocks that row_block counts in'))
+        **ROW_BLOCK_OPTIONS)
     prefixes = ('adapter_', )
     mergeable = False
 
@@ -54,14 +53,11 @@ class AdapterUnit(PeftUnit):
             raise ValueError(f'Adapter cannot follow {self.name}: its output is computed inside '
                              f'{type(host_of(self.backbone, self.name)).__name__} and never seen by '
                              f'a hook; choose another target')
-        channels = out_channels(self.module)
-        block, blocks = self.opts.row_block, self.opts.row_blocks
-        if block is not None and (block >= blocks or channels % blocks):
-            raise OptionError(f'{type(self.method).__name__} on {self.name}: row_block={block} of '
-                              f'row_blocks={blocks} does not split its {channels} output '
-                              f'channels into equal blocks (row_block must be < row_blocks)')
-        dim = channels if block is None else channels // blocks
-        self.rows = (0, dim) if block is None else (block * dim, (block + 1) * dim)
+        block = self.opts.row_block
+        self.rows = row_range(f'{type(self.method).__name__} on {self.name}',
+                              out_channels(self.module), block, self.opts.row_blocks,
+                              what='output channels')
+        dim = self.rows[1] - self.rows[0]
         suffix = '' if block is None else f'_block{block}'
         r = self.opts.r
         self.act = _ACTIVATIONS[self.opts.act]
@@ -93,11 +89,11 @@ class Adapter(PeftMethod):
 
     Args:
         targets: default ``('fc2', )``: after the MLP of every block.
-        r (int): bottleneck width. Default 8.
-        act (str): 'gelu' or 'relu'. Default 'gelu'.
-        scale (float): output scale. Default 1.
     """
     unit_cls = AdapterUnit
+    card = MethodCard(zoo='adapter', folder='adapter', suites=('vtab1k', 'fgvc'),
+                      label='Adapter (fc2, r=8)',
+                      count='2·d·r + r + d per adapted module of width d')
     default_targets = ('fc2', )
     mergeable = False
 

@@ -17,7 +17,20 @@ registry (:mod:`mmssf.peft.registry_facts`): the options (:class:`~mmssf.peft.op
 specs, validated when the method is built), the prefixes of the tensor names it adds, which of
 them get no weight decay, whether a unit can merge (decided per unit when the method is applied,
 so a placement that cannot merge is known before training), and for structured units the
-parameter cost ``num_params(module, r)`` and ``can_wrap(module)`` that SPT's allocation uses.
+parameter cost ``num_params(module, r, row_blocks=1)`` and ``can_wrap(module)`` that SPT's
+allocation uses.
+
+Options reach exactly the unit classes that declare them. A name declared by two unit classes of
+one method (RLRR's ``shift``: its RLRR and its SSF units) is an error unless the method lists it in
+``fan_out_options`` (then one value reaches both); options the method sets itself
+(``fixed_options``: SPT's rank and indices, from its allocation) are not advertised and refused.
+The method's docstring lists its unit options, generated from the specs (:func:`options_doc`).
+
+A method may also own tensors of its own at the backbone root (a factor shared by every unit, as
+FacT / VeRA need): it creates them in :meth:`PeftMethod.create_method_tensors` with
+:meth:`PeftMethod.add_method_parameter` under its ``method_prefixes``; they are trained, saved in
+the PEFT-only file, attributed by the checkpoint check, decay-free when ``method_no_decay`` says
+so, and removed when the method merges (its units fold them into the stock weights first).
 """
 import copy
 import inspect
@@ -27,8 +40,10 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from .card import MethodCard
 from .hooks import add_weight_transform, host_of, needs_reparam, remove_weight_transform
-from .options import Option, OptionError, namespace, unknown_option_error, validate
+from .options import (Option, OptionError, namespace, options_doc, unknown_option_error,
+                      validate)
 from .targets import TargetTable, find_table, resolve_targets
 
 _STATE_ATTR = '_mmssf_peft'
@@ -87,8 +102,9 @@ class PeftUnit:
         return True
 
     @classmethod
-    def num_params(cls, module: nn.Module, r: int) -> int:
-        """Trainable parameters of one rank-``r`` unit on ``module`` (structured kinds)."""
+    def num_params(cls, module: nn.Module, r: int, row_blocks: int = 1) -> int:
+        """Trainable parameters of one rank-``r`` unit on ``module`` (structured kinds), or on one
+        of ``row_blocks`` equal blocks of its output rows (a q, k or v block of a fused qkv)."""
         raise NotImplementedError(f'{cls.__name__} has no rank-based parameter cost')
 
     def merge_blocker(self) -> Optional[str]:
@@ -162,6 +178,21 @@ class PeftMethod:
     mergeable = True
     #: whether the method takes ``targets`` (baselines that tune fixed tensors do not)
     accepts_targets = True
+    #: what the zoo, the suites, the tests and the benchmarks know of the method
+    card = MethodCard()
+    #: unit options declared by several of the unit classes that deliberately reach all of them
+    fan_out_options: Tuple[str, ...] = ()
+    #: unit options the method sets itself (never taken from the user, never advertised)
+    fixed_options: Tuple[str, ...] = ()
+    #: name prefixes of the tensors the method owns at the backbone root (shared by its units)
+    method_prefixes: Tuple[str, ...] = ()
+    #: those of them that get no weight decay
+    method_no_decay: Tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if '__doc__' in cls.__dict__ and cls.__doc__:
+            cls.__doc__ = _with_options_doc(cls)
 
     def __init__(self, targets=None, **options):
         name = type(self).__name__
@@ -174,6 +205,8 @@ class PeftMethod:
         self.units: List[PeftUnit] = []
         self.table: Optional[TargetTable] = None
         self.stock_shapes: Dict[str, torch.Size] = {}
+        self.method_param_names: List[str] = []
+        self.method_buffer_names: List[str] = []
 
     # -- facts from the unit classes ----------------------------------------------------------
     @classmethod
@@ -181,12 +214,33 @@ class PeftMethod:
         return tuple(cls.unit_classes) or ((cls.unit_cls, ) if cls.unit_cls is not None else ())
 
     @classmethod
-    def unit_option_specs(cls) -> Dict[str, Option]:
-        specs = {}
+    def option_owners(cls) -> Dict[str, Tuple[type, ...]]:
+        """``{option name: unit classes that take it}`` for every option the user may set.
+
+        Raises:
+            TypeError: two unit classes declare the same name with different specs and the
+                method does not list it in ``fan_out_options`` (the value would reach a unit that
+                did not ask for it).
+        """
+        owners: Dict[str, List[type]] = {}
+        specs: Dict[str, List[Option]] = {}
         for unit_cls in cls.all_unit_classes():
             for name, option in unit_cls.option_spec.items():
-                specs.setdefault(name, option)
-        return specs
+                if name in cls.fixed_options:
+                    continue
+                owners.setdefault(name, []).append(unit_cls)
+                if all(option is not o for o in specs.setdefault(name, [])):
+                    specs[name].append(option)
+        shared = sorted(n for n, s in specs.items() if len(s) > 1 and n not in cls.fan_out_options)
+        if shared:
+            raise TypeError(f'{cls.__name__}: unit options {shared} are declared by several unit '
+                            f'classes; rename them or list them in fan_out_options')
+        return {name: tuple(units) for name, units in owners.items()}
+
+    @classmethod
+    def unit_option_specs(cls) -> Dict[str, Option]:
+        """The advertised unit options (the first declaration of a fanned-out one)."""
+        return {name: units[0].option_spec[name] for name, units in cls.option_owners().items()}
 
     @classmethod
     def method_option_names(cls) -> List[str]:
@@ -199,22 +253,28 @@ class PeftMethod:
 
     @classmethod
     def tensor_prefixes(cls) -> Tuple[str, ...]:
-        """Name prefixes of every tensor the method adds."""
-        return tuple(dict.fromkeys(p for u in cls.all_unit_classes() for p in u.prefixes))
+        """Name prefixes of every tensor the method adds (its units' and its own)."""
+        return tuple(dict.fromkeys(tuple(p for u in cls.all_unit_classes() for p in u.prefixes)
+                                   + tuple(cls.method_prefixes)))
 
     @classmethod
     def no_decay_prefixes(cls) -> Tuple[str, ...]:
-        return tuple(dict.fromkeys(p for u in cls.all_unit_classes() for p in u.no_decay))
+        return tuple(dict.fromkeys(tuple(p for u in cls.all_unit_classes() for p in u.no_decay)
+                                   + tuple(cls.method_no_decay)))
 
     def _validate_shared(self, options, owner):
-        """Each option must be known to at least one unit class and valid for every one that has
-        it (the units validate again with their own spec when they are built)."""
+        """Each option must be advertised (known to a unit class, not fixed by the method) and
+        valid for every unit class that takes it (the units validate again when built)."""
         options = dict(options)
+        owners = self.option_owners()
         for key, value in options.items():
-            owners = [u for u in self.all_unit_classes() if key in u.option_spec]
-            if not owners:
+            if key not in owners:
+                if key in self.fixed_options:
+                    raise OptionError(f'{owner}: option {key!r} is set by the method itself, not '
+                                      f'by the config. Valid options: '
+                                      f'{", ".join(self.method_option_names()) or "none"}')
                 raise unknown_option_error(owner, key, self.method_option_names())
-            for unit_cls in owners:
+            for unit_cls in owners[key]:
                 unit_cls.option_spec[key].check(owner, key, value)
         return options
 
@@ -245,6 +305,7 @@ class PeftMethod:
             raise ValueError(f'backbone is already tuned with {type(get_peft(backbone)).__name__}')
         self.table = find_table(backbone)
         self.stock_shapes = {k: v.shape for k, v in backbone.state_dict().items()}
+        self.create_method_tensors(backbone)
         for unit in self.build_units(backbone):
             unit.attach()
             self.units.append(unit)
@@ -269,6 +330,37 @@ class PeftMethod:
                                       **{k: v for k, v in merged.items() if k in unit_cls.option_spec}))
         return units
 
+    def create_method_tensors(self, backbone: nn.Module) -> None:
+        """Hook for methods that own tensors at the backbone root (before the units are built;
+        see :meth:`add_method_parameter`)."""
+
+    def _check_method_tensor(self, backbone: nn.Module, name: str) -> None:
+        if not self.method_prefixes or not name.startswith(self.method_prefixes):
+            raise AssertionError(f'{type(self).__name__} adds {name!r} at the backbone root, which '
+                                 f'has none of its declared method_prefixes {self.method_prefixes}')
+        if name in backbone._parameters or name in backbone._buffers or \
+                name in backbone._modules or name in backbone.__dict__:
+            raise ValueError(f'the backbone already has {name!r}: two methods add it')
+
+    def add_method_parameter(self, backbone: nn.Module, name: str,
+                             tensor: torch.Tensor) -> nn.Parameter:
+        """A trainable tensor of the whole method, registered on the backbone root as ``name``
+        (one of ``method_prefixes``); read it as ``getattr(backbone, name)``."""
+        self._check_method_tensor(backbone, name)
+        param = nn.Parameter(tensor)
+        backbone.register_parameter(name, param)
+        self.method_param_names.append(name)
+        return param
+
+    def add_method_buffer(self, backbone: nn.Module, name: str,
+                          tensor: torch.Tensor) -> torch.Tensor:
+        """A frozen tensor of the whole method (saved with the PEFT-only state, e.g. VeRA's
+        shared random matrices), registered on the backbone root."""
+        self._check_method_tensor(backbone, name)
+        backbone.register_buffer(name, tensor)
+        self.method_buffer_names.append(name)
+        return tensor
+
     def unit_class(self, module: nn.Module):
         """The unit class for ``module`` (methods mixing unit kinds override this)."""
         return self.unit_cls
@@ -278,13 +370,13 @@ class PeftMethod:
 
     # -- what is trained ----------------------------------------------------------------------
     def trainable_names(self, backbone: nn.Module) -> List[str]:
-        names = []
+        names = list(self.method_param_names)
         for unit in self.units:
             names += unit.full_names(unit.param_names)
         return names
 
     def buffer_names(self) -> List[str]:
-        names = []
+        names = list(self.method_buffer_names)
         for unit in self.units:
             names += unit.full_names(unit.buffer_names)
         return names
@@ -310,7 +402,7 @@ class PeftMethod:
     def no_weight_decay(self) -> List[str]:
         """Names (relative to the backbone) of the trainable tensors that get no weight decay
         (timm's ``no_weight_decay()``), from the units' ``no_decay`` prefixes."""
-        names = []
+        names = [n for n in self.method_param_names if n.startswith(self.method_no_decay)]
         for unit in self.units:
             names += unit.full_names(n for n in unit.param_names if n.startswith(unit.no_decay))
         return names
@@ -366,6 +458,11 @@ class PeftMethod:
         for unit in self.units:
             unit.detach()
         self.units = []
+        for name in self.method_param_names:
+            del backbone._parameters[name]
+        for name in self.method_buffer_names:
+            del backbone._buffers[name]
+        self.method_param_names, self.method_buffer_names = [], []
         backbone.__dict__.pop(_STATE_ATTR, None)
         shapes = {k: v.shape for k, v in backbone.state_dict().items()}
         if check and shapes != self.stock_shapes:
@@ -385,6 +482,28 @@ class PeftMethod:
 def get_peft(backbone: nn.Module) -> Optional[PeftMethod]:
     """The method applied to ``backbone``, or None."""
     return backbone.__dict__.get(_STATE_ATTR)
+
+
+def _with_options_doc(cls) -> str:
+    """``cls``'s docstring with its advertised unit options appended, from the specs."""
+    try:
+        specs = cls.unit_option_specs()
+    except TypeError:
+        return cls.__doc__  # an ill-declared method: the registry test names it
+    # (the method's own arguments, e.g. VPT's num_prompts with its own default, are its Args)
+    own = set(inspect.signature(cls.__init__).parameters)
+    specs = {name: spec for name, spec in specs.items() if name not in own}
+    if not specs:
+        return cls.__doc__
+    doc = inspect.cleandoc(cls.__doc__)
+    fanned = [n for n in specs if len(cls.option_owners()[n]) > 1 and n in cls.fan_out_options]
+    where = (' (shared by every target, overridable per target: ``targets={pattern: dict(...)}``)'
+             if cls.accepts_targets else '')
+    lines = ['', f'Unit options, from the units\' ``option_spec``{where}:']
+    lines += ['    ' + line for line in options_doc(specs).splitlines()]
+    if fanned:
+        lines.append(f'    ({", ".join(fanned)}: one value reaches every unit kind that has it)')
+    return doc + '\n' + '\n'.join(lines) + '\n'
 
 
 def _short(items, n=8):

@@ -3,6 +3,7 @@ from torch import nn
 
 from ..registry import PEFT_METHODS
 from .base import PeftMethod
+from .card import MethodCard
 
 _BIAS_NAMES = ('bias', 'in_proj_bias')
 
@@ -14,6 +15,8 @@ class BitFit(PeftMethod):
     The tuned model *is* the stock model, so merge is the identity. Takes no options.
     """
     accepts_targets = False
+    card = MethodCard(zoo='bitfit', folder='bitfit', suites=('vtab1k', 'fgvc'), label='BitFit',
+                      count='every bias of the backbone (Zaken et al. 2022)')
 
     def trainable_names(self, backbone: nn.Module):
         return [n for n, _ in backbone.named_parameters() if n.rsplit('.', 1)[-1] in _BIAS_NAMES]
@@ -26,6 +29,9 @@ class LinearProbe(PeftMethod):
     Config type: ``'Linear'`` or ``'LinearProbe'``. Takes no options.
     """
     accepts_targets = False
+    card = MethodCard(zoo='linear', folder='linear', suites=('vtab1k', 'fgvc'),
+                      label='Linear probe',
+                      count='0 in the backbone (the head only)')
 
 
 @PEFT_METHODS.register_module(name=['Full', 'FullFineTune'])
@@ -35,6 +41,9 @@ class FullFineTune(PeftMethod):
     Config type: ``'Full'`` or ``'FullFineTune'``. Takes no options.
     """
     accepts_targets = False
+    card = MethodCard(zoo='full', folder='full', suites=('vtab1k', 'fgvc'),
+                      label='Full fine-tuning',
+                      count='every backbone parameter')
 
     def trainable_names(self, backbone: nn.Module):
         return [n for n, _ in backbone.named_parameters()]

@@ -18,14 +18,16 @@ import torch
 from torch import nn
 
 from ..registry import PEFT_METHODS
-from .base import PeftMethod, PeftUnit
+from .base import PeftMethod
+from .card import MethodCard
+from .delta_weight import DeltaWeightUnit
 from .hooks import weight_and_bias_names
-from .lora import LoRAUnit, in_out_features
 from .options import Option
 
 
-class DoRAUnit(PeftUnit):
-    """Magnitude and low-rank direction update of one Linear (or fused in-projection)."""
+class DoRAUnit(DeltaWeightUnit):
+    """Magnitude and low-rank direction update of one Linear (or fused in-projection): ``ΔW =
+    (α / r) B A`` changes the direction; the weight is always re-parameterized (``W'`` is no sum)."""
     option_spec = dict(
         r=Option(8, int, min=1, doc='rank of the direction update'),
         alpha=Option(None, float, min=0, min_exclusive=True,
@@ -34,40 +36,32 @@ class DoRAUnit(PeftUnit):
                            '(paper Sec. 4.3)'))
     prefixes = ('dora_', )
     no_decay = ('dora_magnitude', )
-
-    can_wrap = LoRAUnit.can_wrap
+    always_reparam = True
 
     @classmethod
-    def num_params(cls, module, r):
-        fan_in, fan_out = in_out_features(module)
+    def count(cls, fan_in, fan_out, r):
+        """``r·(in + out) + out`` (the magnitude: one per output row)."""
         return r * (fan_in + fan_out) + fan_out
 
-    def attach(self):
-        fan_in, fan_out = in_out_features(self.module)
+    def create(self, fan_in, rows):
         w_name, _ = weight_and_bias_names(self.module)
         weight = getattr(self.module, w_name)
-        self.r = self.opts.r
-        self.scaling = (self.opts.alpha if self.opts.alpha is not None else self.r) / self.r
         a = torch.empty(self.r, fan_in)
         nn.init.kaiming_uniform_(a, a=math.sqrt(5))
         self.add_parameter('dora_A', a)
-        self.add_parameter('dora_B', torch.zeros(fan_out, self.r))
+        self.add_parameter('dora_B', torch.zeros(rows, self.r))
         self.add_parameter('dora_magnitude', weight.detach().norm(dim=1).clone())
-        self.add_weight_transform('dora', (w_name, ), self.effective)
 
-    def effective(self, module, params):
-        w_name, _ = weight_and_bias_names(module)
-        weight = params[w_name]
-        direction = weight + (module.dora_B @ module.dora_A) * self.scaling
+    def delta(self) -> torch.Tensor:
+        """The direction update ``(α / r) B A``."""
+        return (self.module.dora_B @ self.module.dora_A) * self.scaling
+
+    def effective_weight(self, weight):
+        direction = weight + self.delta()
         norm = direction.norm(dim=1, keepdim=True)
         if self.opts.detach_norm:
             norm = norm.detach()
-        return {w_name: direction * (module.dora_magnitude.unsqueeze(1) / norm)}
-
-    def merge(self):
-        w_name, _ = weight_and_bias_names(self.module)
-        weight = getattr(self.module, w_name)
-        weight.copy_(self.effective(self.module, {w_name: weight})[w_name])
+        return direction * (self.module.dora_magnitude.unsqueeze(1) / norm)
 
 
 @PEFT_METHODS.register_module()
@@ -76,9 +70,8 @@ class DoRA(PeftMethod):
 
     Args:
         targets: default ``('qkv', )`` (the fused q/k/v projection of every block), as LoRA.
-        r (int): rank. Default 8.
-        alpha (float): the update is scaled by alpha / r. Default r.
-        detach_norm (bool): norm as a constant in backward (paper Sec. 4.3). Default True.
     """
     unit_cls = DoRAUnit
+    card = MethodCard(zoo='dora', folder='dora', label='DoRA (qkv, r=8)',
+                      count='r·(in + out) + out per tuned Linear (magnitude: one per row)')
     default_targets = ('qkv', )

@@ -24,9 +24,10 @@ every layer; the cls token (not on the grid) skips the convolutions and takes th
 adapter (our choice).
 
 The adapters act on the stream *between* stock sub-layers, so they are realised with hooks on the
-stock modules (facts from :data:`~mmssf.peft.targets.TOKEN_MAPS`): where the block itself adds the
-attention residual (mmcv-style blocks), a pre-hook on the norm before the MLP replaces its input by
-``mona1(x)`` and a pre-hook on the MLP passes the same tensor as its ``identity``; where the
+stock modules (facts from the target table's :class:`~mmssf.peft.targets.TokenMap`): where the
+block itself adds the attention residual (mmcv-style blocks), a pre-hook on the norm before the
+MLP replaces its input by ``mona1(x)`` and a pre-hook on the MLP passes the same tensor as its
+``identity``; where the
 attention module returns the sum (mmseg ViT), a hook on its output; after the MLP, a hook on the
 MLP's output; where the block adds both residuals itself and no module sees the sums (timm:
 ``x = x + drop_path1(ls1(attn(norm1(x))))``), each residual branch's output gains the adapter's
@@ -50,6 +51,7 @@ from torch import nn
 
 from ..registry import PEFT_METHODS
 from .base import PeftMethod, PeftUnit
+from .card import MethodCard
 from .options import Option
 from .targets import token_map
 
@@ -215,10 +217,10 @@ class Mona(PeftMethod):
     Args:
         targets: default: every block (the token map's ``blocks``); a list of block names /
             regexes / suffixes otherwise.
-        r (int): bottleneck width. Default 64.
-        dropout (float): dropout after the GELU. Default 0.1.
     """
     unit_cls = MonaUnit
+    card = MethodCard(zoo='mona', folder='mona', label='Mona (bottleneck 64)',
+                      count='2dm + 5d + m² + 88m per adapter, two per block (official code)')
     mergeable = False
 
     def target_specs(self):

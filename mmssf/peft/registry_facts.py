@@ -45,3 +45,26 @@ def methods_of_tensor(key: str) -> Optional[str]:
 def no_decay_prefixes() -> Tuple[str, ...]:
     """Union of every method's no-weight-decay tensor prefixes."""
     return tuple(dict.fromkeys(p for cls in method_classes() for p in cls.no_decay_prefixes()))
+
+
+# -- method cards (mmssf.peft.card) --------------------------------------------------------------
+def zoo_methods() -> Dict[str, type]:
+    """``{zoo config prefix: method class}`` of every method with zoo configs."""
+    found: Dict[str, type] = {}
+    for cls in method_classes():
+        if cls.card.zoo:
+            if cls.card.zoo in found:
+                raise TypeError(f'{cls.__name__} and {found[cls.card.zoo].__name__} both claim '
+                                f'the zoo prefix {cls.card.zoo!r}')
+            found[cls.card.zoo] = cls
+    return found
+
+
+def zoo_folders() -> Tuple[str, ...]:
+    """The method folders of the config zoo (``configs/<folder>/``)."""
+    return tuple(sorted({cls.card.folder for cls in zoo_methods().values()}))
+
+
+def suite_methods(suite: str) -> Tuple[str, ...]:
+    """Zoo prefixes of the methods that join the benchmark suite ``suite``."""
+    return tuple(prefix for prefix, cls in zoo_methods().items() if suite in cls.card.suites)

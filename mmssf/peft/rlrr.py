@@ -27,10 +27,11 @@ from torch import nn
 
 from ..registry import PEFT_METHODS
 from .base import PeftMethod, PeftUnit
+from .card import MethodCard
 from .hooks import weight_and_bias_names
-from .lora import in_out_features
+from .delta_weight import in_out_features
 from .options import Option, OptionError
-from .ssf import SSFUnit
+from .ssf import SSFUnit, check_patch_merging
 
 
 class RLRRUnit(PeftUnit):
@@ -128,13 +129,15 @@ class RLRR(PeftMethod):
             norm1, norm2, output norms (SSF).
         patch_merging (bool): also RLRR on Swin's patch-merging ``reduction`` (official; bias-free,
             so its shift cannot merge into a stock checkpoint). Default False.
-        init (str): ``'residual'`` (default) or ``'official'`` (see module doc).
-        left_std (float): std of s_left's normal init with ``init='residual'``. Default 0.
-        qkv_blocks (int | None): s_right blocks on a fused qkv (None: 3 on ViT, 1 on Swin).
-        shift (bool): learn f. Default True.
-        SSF units take the SSF options (``init_std``, ``shift``, ``fold_norms``).
+        The RLRR units take ``init``, ``left_std``, ``qkv_blocks`` and ``shift``; the SSF units
+        ``init_std``, ``shift`` and ``fold_norms`` (``shift`` reaches both).
     """
     unit_classes = (RLRRUnit, SSFUnit)
+    card = MethodCard(zoo='rlrr', folder='rlrr', suites=('vtab1k', 'fgvc'), label='RLRR',
+                      count='official code (zstarN70/RLRR): ViT-B/16 + 100-class head 365,668; '
+                            'Swin-B with patch_merging 460,644')
+    #: ``shift=False`` turns off both RLRR's bias shift f and the SSF units' shift β
+    fan_out_options = ('shift', )
 
     def __init__(self, targets=None, patch_merging=False, **options):
         if not isinstance(patch_merging, bool):
@@ -143,6 +146,8 @@ class RLRR(PeftMethod):
         self.patch_merging = patch_merging
 
     def target_specs(self):
+        if self.patch_merging:
+            check_patch_merging(self, 'merge_reduction')
         if self.targets is not None:
             return super().target_specs()
         roles = VIT_TARGETS if self.table.kind == 'vit' else SWIN_TARGETS

@@ -49,12 +49,11 @@ tensors per such Linear) until backward.
 import math
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..registry import PEFT_METHODS
-from .base import PeftMethod, PeftUnit
-from .hooks import weight_and_bias_names
-from .lora import LoRAUnit, in_out_features
+from .base import PeftMethod
+from .card import MethodCard
+from .delta_weight import DeltaWeightUnit
 from .options import Option, OptionError
 
 PIECES = 2  # P of the piecewise-linear kernel (paper App. B: "We set P=2")
@@ -136,15 +135,7 @@ class _KernelDeltaLinear(torch.autograd.Function):
         return grad_x, grad_a, grad_b, None
 
 
-def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Stochastic depth per sample (first dimension), as timm's ``DropPath``."""
-    if not training or p == 0:
-        return x
-    keep = x.new_empty((x.shape[0], ) + (1, ) * (x.dim() - 1)).bernoulli_(1 - p)
-    return x * keep / (1 - p)
-
-
-class SNELLUnit(PeftUnit):
+class SNELLUnit(DeltaWeightUnit):
     """Sparse kernelized low-rank update of one Linear (or fused in-projection)."""
     option_spec = dict(
         r=Option(8, int, min=2, doc=f'rank of the factors (a multiple of the {PIECES} kernel '
@@ -165,48 +156,30 @@ class SNELLUnit(PeftUnit):
                          doc='per-sample drop of the update\'s output (official 0.1)'))
     prefixes = ('snell_', )
 
-    can_wrap = LoRAUnit.can_wrap
-
     @classmethod
-    def num_params(cls, module, r):
-        fan_in, fan_out = in_out_features(module)
+    def count(cls, fan_in, fan_out, r):
         return r * (fan_in + fan_out)
 
-    def attach(self):
-        fan_in, fan_out = in_out_features(self.module)
-        r = self.opts.r
+    def create(self, fan_in, rows):
+        r = self.r
         if r % PIECES:
             raise OptionError(f'SNELL on {self.name}: r={r} must be a multiple of {PIECES} (the '
                               f'piecewise-linear kernel splits each factor row in {PIECES})')
         blocks = self.opts.qkv_blocks if self.method.table.qkv_blocks(self.name) == 3 else 1
-        if fan_out % blocks:
+        if rows % blocks:
             raise OptionError(f'SNELL on {self.name}: qkv_blocks={blocks} does not divide its '
-                              f'{fan_out} output rows')
-        self.blocks, self.fan_in, self.fan_out = blocks, fan_in, fan_out
+                              f'{rows} output rows')
+        self.blocks = blocks
         self.sparsity, self.mode = self.opts.sparsity, self.opts.sparsify
         self.scale = self.opts.scale
-        self.dropout, self.drop_path = self.opts.dropout, self.opts.drop_path
         width = r // PIECES
         # kaiming-uniform (a = √5) of the official (P, n, r / P) tensors: U(±1 / √(n · r / P))
         bound_in = 1 / math.sqrt(fan_in * width)
-        bound_out = 1 / math.sqrt(fan_out // blocks * width)
+        bound_out = 1 / math.sqrt(rows // blocks * width)
         self.add_parameter('snell_in', torch.empty(blocks, PIECES, fan_in, width)
                            .uniform_(-bound_in, bound_in))
-        self.add_parameter('snell_out', torch.empty(blocks, PIECES, fan_out // blocks, width)
+        self.add_parameter('snell_out', torch.empty(blocks, PIECES, rows // blocks, width)
                            .uniform_(-bound_out, bound_out))
-        if self.reparam:
-            for option in ('dropout', 'drop_path'):
-                if getattr(self.opts, option):
-                    raise OptionError(
-                        f'{type(self.method).__name__} on {self.name}: {option}='
-                        f'{getattr(self.opts, option)} cannot apply here: this module '
-                        f'({type(self.module).__name__}) is re-parameterized, its input and '
-                        f'output are never seen by a hook. Set {option}=0 for this target, e.g. '
-                        f'targets={{...: dict({option}=0.0)}}')
-            w_name, _ = weight_and_bias_names(self.module)
-            self.add_weight_transform('snell', (w_name, ), self.reparameterize)
-        else:
-            self.handles.append(self.module.register_forward_hook(self.forward_hook))
 
     def sparse_delta(self, factor_in: torch.Tensor, factor_out: torch.Tensor) -> torch.Tensor:
         """``ΔWˢ`` (out × in) from the factors."""
@@ -216,19 +189,8 @@ class SNELLUnit(PeftUnit):
     def delta(self) -> torch.Tensor:
         return self.sparse_delta(self.module.snell_in, self.module.snell_out)
 
-    def reparameterize(self, module, params):
-        w_name, _ = weight_and_bias_names(module)
-        return {w_name: params[w_name] + self.delta().to(params[w_name].dtype)}
-
-    def forward_hook(self, module, args, out):
-        x = F.dropout(args[0], self.dropout, module.training) if self.dropout else args[0]
-        update = _KernelDeltaLinear.apply(x, module.snell_in, module.snell_out, self)
-        return out + drop_path(update, self.drop_path, module.training).to(out.dtype)
-
-    def merge(self):
-        w_name, _ = weight_and_bias_names(self.module)
-        weight = getattr(self.module, w_name)
-        weight.add_(self.delta().to(weight.dtype))
+    def update(self, x):
+        return _KernelDeltaLinear.apply(x, self.module.snell_in, self.module.snell_out, self)
 
 
 @PEFT_METHODS.register_module()
@@ -237,14 +199,10 @@ class SNELL(PeftMethod):
 
     Args:
         targets: default ``('qkv', 'proj', 'fc1', 'fc2')``.
-        r (int): rank (SNELL-r). Default 8.
-        sparsity (float): fraction of each update's entries zeroed. Default 0.9.
-        sparsify (str): ``'official'`` (default) or ``'paper'`` (Eq. 5).
-        scale (float): |α_p| of the kernel. Default 0.1.
-        qkv_blocks (int): separate q / k / v updates on a fused qkv (3, default) or one (1).
-        dropout (float): dropout on the update's input. Default 0 (official 0.1).
-        drop_path (float): drop-path on the update's output. Default 0 (official 0.1).
     """
     unit_cls = SNELLUnit
+    card = MethodCard(zoo='snell', folder='snell', label='SNELL-8 (all block Linears, s=0.9)',
+                      count='r·(in + out) per Linear, separate q / k / v (the paper gives no '
+                            'counts, App. E.1)')
     default_targets = ('qkv', 'proj', 'fc1', 'fc2')
 

@@ -36,12 +36,55 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 _SWIN_BLOCK = r'stages\.\d+\.blocks\.\d+'
 _VIT_LAYER = r'layers\.\d+'
 _TIMM_BLOCK = r'blocks\.\d+'
 _TIMM_SWIN_BLOCK = r'layers\.\d+\.blocks\.\d+'
+
+
+# Token maps: the token stream of a block between its sub-layers and its spatial layout, for
+# methods that act on the stream itself with spatial filters (Mona); each table holds its own.
+@dataclass(frozen=True)
+class TokenMap:
+    """Where the token stream of a block can be reached after its attention and after its MLP, and
+    the spatial grid of its tokens.
+
+    Args:
+        blocks: regex (full match) of the block modules.
+        grid: ``'block_arg'``: each block is called as ``block(x, hw_shape)`` (Swin stages);
+            ``'patch_embed'``: one grid for every block, the ``(H, W)`` that the module
+            ``grid_source`` returns as its second output (ViT); ``'conv_map'``: the spatial size
+            of the map the convolution ``grid_source`` returns (timm ViT).
+        grid_source: the module of ``'patch_embed'`` / ``'conv_map'`` grids.
+        extra_tokens: the number of leading tokens that are not on the grid (cls token), read from
+            the backbone.
+        attn_residual: where ``x + attn(norm1(x))`` is formed: ``'block'``, in the block's own
+            forward, which passes it to ``norm`` (first argument) and to ``ffn`` (its ``identity``
+            keyword); ``'attn'``: the attention module ``attn`` returns it (``identity=x``);
+            ``'branch'``: the block adds both residuals itself, ``x = x + b1(...)`` and ``x = x +
+            b2(ffn(norm(x)))``, with the modules named ``branches`` ending the two branches
+            (timm).
+        attn / norm / ffn: names of the block's attention module, of the norm before the MLP and of
+            the MLP module (which returns ``identity + mlp(...)``).
+        branches: ``'branch'`` blocks: the modules ending the attention and the MLP branches.
+    """
+    blocks: str
+    grid: str
+    extra_tokens: Callable[[nn.Module], int]
+    attn_residual: str
+    grid_source: str = ''
+    attn: str = 'attn'
+    norm: str = 'norm2'
+    ffn: str = 'ffn'
+    branches: Tuple[str, str] = ()
+
+
+_SWIN_TOKEN_MAP = TokenMap(blocks=_SWIN_BLOCK, grid='block_arg', extra_tokens=lambda backbone: 0,
+                           attn_residual='block')
 
 
 @dataclass(frozen=True)
@@ -58,6 +101,9 @@ class TargetTable:
             folds there at merge time.
         cls_token: name of the class-token parameter (ViT), or None where there is none (Swin).
             The backbone may still lack it (mmpretrain ViT with ``with_cls_token=False``).
+        token_map: see :class:`TokenMap` (mmcv-style blocks: ``x = x + attn(norm1(x)); x =
+            ffn(norm2(x), identity=x)``, or mmseg ViT's ``x = attn(ln1(x), identity=x); x =
+            ffn(ln2(x), identity=x)``).
     """
     name: str
     classes: Tuple[str, ...]
@@ -76,6 +122,8 @@ class TargetTable:
     fused_qkv: bool = True
     #: why prompt tokens (VPT) cannot join this implementation's token stream ('' : they can)
     prompt_blocker: str = ''
+    #: the token stream of its blocks (methods on the stream between sub-layers: Mona)
+    token_map: Optional[TokenMap] = None
 
     def qkv_blocks(self, module_name: str) -> int:
         """3 for a module whose output rows stack q, k and v; 1 otherwise."""
@@ -125,7 +173,11 @@ TABLES: List[TargetTable] = [
             'final_norm': r'ln1',
             'block': _VIT_LAYER,
         },
-        cls_token='cls_token'),
+        cls_token='cls_token',
+        token_map=TokenMap(
+            blocks=_VIT_LAYER, grid='patch_embed', grid_source='patch_embed',
+            extra_tokens=lambda backbone: int(backbone.num_extra_tokens), attn_residual='block',
+            norm='ln2')),
     TargetTable(
         name='mmseg VisionTransformer',
         classes=('mmseg.models.backbones.vit.VisionTransformer', ),
@@ -145,7 +197,11 @@ TABLES: List[TargetTable] = [
         # patch_bias=False by default; the position embedding is added to the patch tokens
         # (token 1 onwards, after the cls token) right after the projection.
         shift_sinks={'patch_embed.projection': ('pos_embed', 1)},
-        cls_token='cls_token'),
+        cls_token='cls_token',
+        token_map=TokenMap(
+            blocks=_VIT_LAYER, grid='patch_embed', grid_source='patch_embed',
+            extra_tokens=lambda backbone: int(bool(backbone.with_cls_token)),
+            attn_residual='attn', norm='ln2')),
     TargetTable(
         name='timm VisionTransformer',
         classes=('timm.models.vision_transformer.VisionTransformer', ),
@@ -163,7 +219,12 @@ TABLES: List[TargetTable] = [
             'final_norm': r'norm|fc_norm',  # (one is an Identity, by the model's pooling)
             'block': _TIMM_BLOCK,
         },
-        cls_token='cls_token', always_trained=r'head'),
+        cls_token='cls_token', always_trained=r'head',
+        token_map=TokenMap(
+            blocks=_TIMM_BLOCK, grid='conv_map', grid_source='patch_embed.proj',
+            extra_tokens=lambda backbone: int(backbone.num_prefix_tokens),
+            attn_residual='branch', norm='norm2', ffn='mlp',
+            branches=('drop_path1', 'drop_path2'))),
     TargetTable(
         name='timm Eva',
         classes=('timm.models.eva.Eva', ),
@@ -181,6 +242,11 @@ TABLES: List[TargetTable] = [
             'block': _TIMM_BLOCK,
         },
         cls_token='cls_token', always_trained=r'head', fused_qkv=False,
+        token_map=TokenMap(
+            blocks=_TIMM_BLOCK, grid='conv_map', grid_source='patch_embed.proj',
+            extra_tokens=lambda backbone: int(backbone.num_prefix_tokens),
+            attn_residual='branch', norm='norm2', ffn='mlp',
+            branches=('drop_path1', 'drop_path2')),
         prompt_blocker='its attention applies a rotary position embedding to every token after '
                        'the prefix tokens by grid position, and prompt tokens have none'),
     TargetTable(
@@ -207,15 +273,16 @@ TABLES: List[TargetTable] = [
     TargetTable(
         name='mmpretrain SwinTransformer',
         classes=('mmpretrain.models.backbones.swin_transformer.SwinTransformer', ),
-        kind='swin', roles=SWIN_ROLES, pooled_output=True),
+        kind='swin', roles=SWIN_ROLES, pooled_output=True,
+        token_map=_SWIN_TOKEN_MAP),
     TargetTable(
         name='mmdet SwinTransformer',
         classes=('mmdet.models.backbones.swin.SwinTransformer', ),
-        kind='swin', roles=SWIN_ROLES),
+        kind='swin', roles=SWIN_ROLES, token_map=_SWIN_TOKEN_MAP),
     TargetTable(
         name='mmseg SwinTransformer',
         classes=('mmseg.models.backbones.swin.SwinTransformer', ),
-        kind='swin', roles=SWIN_ROLES),
+        kind='swin', roles=SWIN_ROLES, token_map=_SWIN_TOKEN_MAP),
 ]
 
 
@@ -233,6 +300,39 @@ def swin_stage_of(module_name: str) -> int:
     if match is None:
         raise ValueError(f'{module_name!r} is no Swin stage / block / output-norm name')
     return int(match.group(1))
+
+
+def window_attention_width(msa: nn.Module) -> int:
+    """Token width of an mmcv ``WindowMSA`` (role ``window_attn``)."""
+    return msa.qkv.in_features
+
+
+def window_attention_with_leading_tokens(msa: nn.Module, x: torch.Tensor, num: int,
+                                         mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """mmcv ``WindowMSA``'s computation on windows ``x`` (``windows x (num + area) x C``) whose
+    first ``num`` tokens are extra (VPT's prompts): zero relative-position bias on their rows and
+    columns, and never masked; the window tokens see the stock bias and (shifted-window) mask."""
+    windows, total, channels = x.shape
+    area = total - num
+    heads = msa.num_heads
+    qkv = msa.qkv(x).reshape(windows, total, 3, heads, channels // heads).permute(2, 0, 3, 1, 4)
+    attn = (qkv[0] * msa.scale) @ qkv[1].transpose(-2, -1)
+    bias = msa.relative_position_bias_table[msa.relative_position_index.view(-1)]
+    bias = bias.view(area, area, -1).permute(2, 0, 1)
+    attn = attn + F.pad(bias, (num, 0, num, 0)).unsqueeze(0)  # zero bias on the extra slots
+    if mask is not None:
+        masks = mask.shape[0]
+        attn = attn.view(windows // masks, masks, heads, total, total) + \
+            F.pad(mask, (num, 0, num, 0)).unsqueeze(1).unsqueeze(0)  # extra tokens never masked
+        attn = attn.view(windows, heads, total, total)
+    attn = msa.attn_drop(msa.softmax(attn))
+    out = (attn @ qkv[2]).transpose(1, 2).reshape(windows, total, channels)
+    return msa.proj_drop(msa.proj(out))
+
+
+def patch_embedding(backbone: nn.Module, table: TargetTable) -> nn.Module:
+    """The patch-embedding projection (role ``patch_embed``, a Conv2d) of ``backbone``."""
+    return dict(backbone.named_modules())[resolve_targets(backbone, table, 'patch_embed')[0]]
 
 
 def module_in(backbone: nn.Module, table: TargetTable, role: str, prefix: str):
@@ -257,13 +357,6 @@ def unwrap(backbone: nn.Module) -> nn.Module:
         if attr is not None:
             return getattr(backbone, attr)
     return backbone
-
-
-def patch_embed_conv(backbone: nn.Module, table: Optional[TargetTable] = None) -> nn.Conv2d:
-    """The patch-embedding convolution (role ``patch_embed``) of ``backbone``."""
-    table = table or find_table(backbone)
-    name, = resolve_targets(backbone, table, 'patch_embed')
-    return dict(backbone.named_modules())[name]
 
 
 def supported_backbones() -> List[str]:
@@ -314,74 +407,13 @@ def cls_token_name(backbone: nn.Module, table: TargetTable = None):
     return table.cls_token if table.cls_token in dict(backbone.named_parameters()) else None
 
 
-# ---------------------------------------------------------------------------------------------
-# Token maps: the token stream of a block between its sub-layers and its spatial layout, for
-# methods that act on the stream itself with spatial filters (Mona). Kept apart from the roles.
-@dataclass(frozen=True)
-class TokenMap:
-    """Where the token stream of a block can be reached after its attention and after its MLP, and
-    the spatial grid of its tokens.
-
-    Args:
-        blocks: regex (full match) of the block modules.
-        grid: ``'block_arg'``: each block is called as ``block(x, hw_shape)`` (Swin stages);
-            ``'patch_embed'``: one grid for every block, the ``(H, W)`` that the module
-            ``grid_source`` returns as its second output (ViT); ``'conv_map'``: the spatial size
-            of the map the convolution ``grid_source`` returns (timm ViT).
-        grid_source: the module of ``'patch_embed'`` grids.
-        extra_tokens: the number of leading tokens that are not on the grid (cls token), read from
-            the backbone.
-        attn_residual: where ``x + attn(norm1(x))`` is formed: ``'block'``, in the block's own
-            forward, which passes it to ``norm`` (first argument) and to ``ffn`` (its ``identity``
-            keyword); ``'attn'``: the attention module ``attn`` returns it (``identity=x``);
-            ``'branch'``: the block adds both residuals itself, ``x = x + b1(...)`` and ``x = x +
-            b2(ffn(norm(x)))``, with the modules named ``branches`` ending the two branches
-            (timm).
-        attn / norm / ffn: names of the block's attention module, of the norm before the MLP and of
-            the MLP module (which returns ``identity + mlp(...)``).
-    """
-    blocks: str
-    grid: str
-    extra_tokens: Callable[[nn.Module], int]
-    attn_residual: str
-    grid_source: str = ''
-    attn: str = 'attn'
-    norm: str = 'norm2'
-    ffn: str = 'ffn'
-    branches: Tuple[str, str] = ()
-
-
-_SWIN_TOKEN_MAP = TokenMap(blocks=_SWIN_BLOCK, grid='block_arg', extra_tokens=lambda backbone: 0,
-                           attn_residual='block')
-
-#: table name -> token map (mmcv-style blocks: ``x = x + attn(norm1(x)); x = ffn(norm2(x),
-#: identity=x)``, or mmseg ViT's ``x = attn(ln1(x), identity=x); x = ffn(ln2(x), identity=x)``)
-TOKEN_MAPS: Dict[str, TokenMap] = {
-    'mmpretrain VisionTransformer': TokenMap(
-        blocks=_VIT_LAYER, grid='patch_embed', grid_source='patch_embed',
-        extra_tokens=lambda backbone: int(backbone.num_extra_tokens), attn_residual='block',
-        norm='ln2'),
-    'mmseg VisionTransformer': TokenMap(
-        blocks=_VIT_LAYER, grid='patch_embed', grid_source='patch_embed',
-        extra_tokens=lambda backbone: int(bool(backbone.with_cls_token)), attn_residual='attn',
-        norm='ln2'),
-    'timm VisionTransformer': TokenMap(
-        blocks=_TIMM_BLOCK, grid='conv_map', grid_source='patch_embed.proj',
-        extra_tokens=lambda backbone: int(backbone.num_prefix_tokens), attn_residual='branch',
-        norm='norm2', ffn='mlp', branches=('drop_path1', 'drop_path2')),
-    'timm Eva': TokenMap(
-        blocks=_TIMM_BLOCK, grid='conv_map', grid_source='patch_embed.proj',
-        extra_tokens=lambda backbone: int(backbone.num_prefix_tokens), attn_residual='branch',
-        norm='norm2', ffn='mlp', branches=('drop_path1', 'drop_path2')),
-    'mmpretrain SwinTransformer': _SWIN_TOKEN_MAP,
-    'mmdet SwinTransformer': _SWIN_TOKEN_MAP,
-    'mmseg SwinTransformer': _SWIN_TOKEN_MAP,
-}
+#: table name -> token map (derived from the tables; kept for readers of the old name)
+TOKEN_MAPS: Dict[str, TokenMap] = {t.name: t.token_map for t in TABLES if t.token_map}
 
 
 def token_map(table: TargetTable) -> TokenMap:
     """The token map of ``table``'s implementation."""
-    if table.name not in TOKEN_MAPS:
+    if table.token_map is None:
         raise TypeError(f'mmssf has no token map for {table.name} (needed by methods that filter '
                         f'the token grid, e.g. Mona); known: {", ".join(TOKEN_MAPS)}')
-    return TOKEN_MAPS[table.name]
+    return table.token_map

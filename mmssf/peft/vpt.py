@@ -42,19 +42,20 @@ here each image's prompts stay with its own windows (equal to the official at ba
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..registry import PEFT_METHODS
 from .base import MergeError, PeftMethod, PeftUnit
+from .card import MethodCard
 from .hooks import replace_forward
 from .options import Option, OptionError
-from .targets import find_table, module_in, patch_embed_conv, resolve_targets, swin_stage_of
+from .targets import (find_table, module_in, patch_embedding, resolve_targets, swin_stage_of,
+                      window_attention_width, window_attention_with_leading_tokens)
 
 
 def prompt_init_bound(backbone: nn.Module, dim: int) -> float:
     """VPT's uniform init bound sqrt(6 / (3 · patch_h · patch_w + d))."""
-    kernel = patch_embed_conv(backbone).kernel_size
+    kernel = patch_embedding(backbone, find_table(backbone)).kernel_size
     return math.sqrt(6.0 / (3 * kernel[0] * kernel[1] + dim))
 
 
@@ -85,7 +86,7 @@ class ViTLayerPrompts(_PromptUnit):
 
     def attach(self):
         if self.method.deep or self.method.layer_index(self) == 0:
-            self.make_prompts(patch_embed_conv(self.backbone, self.method.table).out_channels)
+            self.make_prompts(patch_embedding(self.backbone, self.method.table).out_channels)
         self.handles.append(self.module.register_forward_pre_hook(self.add_prompts))
         self.handles.append(self.module.register_forward_hook(self.strip_prompts))
 
@@ -156,7 +157,7 @@ class SwinBlockPrompts(_PromptUnit):
 
     @property
     def width(self) -> int:
-        return self.window_attn.qkv.in_features
+        return window_attention_width(self.window_attn)
 
     def enter_block(self, block, args):
         x, hw_shape = args[0], args[1]
@@ -186,25 +187,11 @@ class SwinBlockPrompts(_PromptUnit):
         if prompts is None:
             return stock_forward(x, mask=mask)
         batch, num, channels = prompts.shape
-        windows, area, _ = x.shape
+        windows = x.shape[0]
         per_image = windows // batch  # windows are stacked image-major
         prompts = prompts.unsqueeze(1).expand(batch, per_image, num, channels)
         x = torch.cat([prompts.reshape(windows, num, channels).to(x.dtype), x], dim=1)
-        total = num + area
-        heads = msa.num_heads
-        qkv = msa.qkv(x).reshape(windows, total, 3, heads, channels // heads).permute(2, 0, 3, 1, 4)
-        attn = (qkv[0] * msa.scale) @ qkv[1].transpose(-2, -1)
-        bias = msa.relative_position_bias_table[msa.relative_position_index.view(-1)]
-        bias = bias.view(area, area, -1).permute(2, 0, 1)
-        attn = attn + F.pad(bias, (num, 0, num, 0)).unsqueeze(0)  # zero bias on prompt slots
-        if mask is not None:
-            masks = mask.shape[0]
-            attn = attn.view(windows // masks, masks, heads, total, total) + \
-                F.pad(mask, (num, 0, num, 0)).unsqueeze(1).unsqueeze(0)  # prompts never masked
-            attn = attn.view(windows, heads, total, total)
-        attn = msa.attn_drop(msa.softmax(attn))
-        out = (attn @ qkv[2]).transpose(1, 2).reshape(windows, total, channels)
-        out = msa.proj_drop(msa.proj(out))
+        out = window_attention_with_leading_tokens(msa, x, num, mask)
         self.prompts_in = None
         self.prompts_out = out[:, :num].reshape(batch, per_image, num, channels).mean(1)
         return out[:, num:]
@@ -372,6 +359,10 @@ class VPTShallow(_VPT):
             the prompts.
     """
     default_num_prompts = 200
+    card = MethodCard(zoo='vpt-shallow', folder='vpt', suites=('vtab1k', 'fgvc'),
+                      label='VPT-shallow (200 prompts)',
+                      count='p·d (VPT, Jia et al. 2022): ViT-B/16 + 100-class head, p = 200: '
+                            '230,500')
 
 
 @PEFT_METHODS.register_module()
@@ -386,3 +377,7 @@ class VPTDeep(_VPT):
     """
     default_num_prompts = 50
     deep = True
+    card = MethodCard(zoo='vpt-deep', folder='vpt', suites=('vtab1k', 'fgvc'),
+                      label='VPT-deep (50 prompts)',
+                      count='p·d per layer / block (VPT, Jia et al. 2022): ViT-B/16 + 100-class '
+                            'head, p = 50: 537,700')

@@ -20,13 +20,15 @@ from torch import nn
 from ...registry import PEFT_METHODS
 from ..adapter import AdapterUnit
 from ..base import PeftMethod, PeftUnit
+from ..card import MethodCard
 from ..hooks import host_of, needs_reparam
 from ..lora import LoRAUnit
 from .allocation import QKV_BLOCKS, Allocation, split_block
 from .sparse_delta import SparseDeltaUnit
 
-#: options of the structured units that the allocation fixes
-_FIXED = ('r', 'row_block', 'row_blocks')
+#: options of the units that the allocation fixes (the structured units' rank and q/k/v blocks,
+#: the sparse deltas' indices)
+_FIXED = ('r', 'row_block', 'row_blocks', 'indices')
 #: regularisation that acts on a structured unit's input / output (training only)
 _REGULARISATION = ('dropout', 'drop_path')
 
@@ -52,6 +54,7 @@ class _SPT(PeftMethod):
     structured_unit = None
 
     accepts_targets = False
+    fixed_options = _FIXED
 
     def __init__(self, allocation, targets=None, **options):
         if targets is not None:
@@ -63,7 +66,8 @@ class _SPT(PeftMethod):
         fixed = sorted(set(options) & set(_FIXED))
         if fixed:
             raise ValueError(f'{type(self).__name__}: {", ".join(fixed)} are fixed by the '
-                             f'allocation (its q/k/v blocks); compute another allocation instead')
+                             f'allocation (its q/k/v blocks and sparse indices); compute another '
+                             f'allocation instead')
         super().__init__(targets=None, **options)
         self.allocation_arg = allocation
         self.allocation = (allocation if isinstance(allocation, Allocation)
@@ -142,6 +146,8 @@ class SPTLoRA(_SPT):
     kind = 'lora'
     structured_unit = LoRAUnit
     unit_classes = (LoRAUnit, SparseDeltaUnit)
+    card = MethodCard(zoo='spt-lora', folder='spt', suites=('vtab1k', 'fgvc'), label='SPT-LoRA',
+                      count='the budget its allocation met (He et al. 2023; allocation.json)')
 
 
 @PEFT_METHODS.register_module()
@@ -151,6 +157,9 @@ class SPTAdapter(_SPT):
     kind = 'adapter'
     structured_unit = AdapterUnit
     unit_classes = (AdapterUnit, SparseDeltaUnit)
+    card = MethodCard(zoo='spt-adapter', folder='spt', suites=('vtab1k', 'fgvc'),
+                      label='SPT-Adapter',
+                      count='the budget its allocation met (He et al. 2023; allocation.json)')
     mergeable = False
 
     def not_mergeable_reason(self):
