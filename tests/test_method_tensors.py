@@ -108,7 +108,10 @@ def test_shared_factor_in_the_checkpoint_check_and_the_optimizer(registered):
     stock, _ = build_backbone('mmpretrain_vit')
     with pytest.raises(CheckpointMismatchError, match=r'toyshared_a(.|\n)*SharedRank1'):
         check_checkpoint(stock, {'state_dict': model.state_dict()})
+    partial = {k: v for k, v in model.state_dict().items() if k != 'toyshared_a'}
     with pytest.raises(CheckpointMismatchError, match='missing.*toyshared_a'):
+        check_checkpoint(model, {'state_dict': partial}, resume=True)
+    with pytest.raises(CheckpointMismatchError, match='merged / stock checkpoint.*SharedRank1'):
         check_checkpoint(model, {'state_dict': stock.state_dict()}, resume=True)
     constructor = OPTIM_WRAPPER_CONSTRUCTORS.build(dict(
         type='mmssf.PeftOptimWrapperConstructor',
