@@ -17,8 +17,9 @@ Stated tolerances (measured on CPU with these tiny models, seeds fixed; margins 
   and <= 3e-6 (fp16) of that scale. A float32 gradient that is exactly 0 (LoRA's A while B is 0)
   must stay exactly 0;
 * merge after AMP training: float32 outputs of the tuned and the merged backbone within
-  ``MERGE_ATOL_FP32`` (as in the merge tests), and under autocast within ``MERGE_RTOL_AMP[dtype]``
-  of the largest output magnitude (the merged and the tuned model round differently).
+  ``MERGE_ATOL_FP32`` = 1e-5 (as in the merge tests; measured <= 3.6e-6), and under autocast
+  within ``MERGE_RTOL_AMP`` (bf16 5e-2, fp16 1e-2) of the largest output magnitude, since the
+  merged and the tuned model round differently (measured <= 1.2e-2 bf16, <= 1.3e-3 fp16).
 """
 import pytest
 import torch
@@ -37,7 +38,7 @@ from mmssf.peft.registry_facts import method_classes
 METHODS = [cls.__name__ for cls in method_classes()]  # from the registry, not from AMP_CASES
 AMP_BACKBONES = ('mmpretrain_vit', 'mmpretrain_swin', 'mmdet_swin')
 DTYPES = ('bfloat16', 'float16')
-STEPS = 3
+STEPS = 2
 GRAD_COS = {'bfloat16': 0.75, 'float16': 0.99}
 GRAD_ATOL = {'bfloat16': 1e-3, 'float16': 1e-4}
 MERGE_ATOL_FP32 = 1e-5
