@@ -136,7 +136,8 @@ def test_amp_training_and_merge(tmp_path, method, backbone_name, dtype, device):
         log = model.train_step(batch, wrapper)
         assert torch.isfinite(log['loss']), log
     moved = [n for n, p in trainable.items() if not torch.equal(p.detach(), before[n])]
-    assert len(moved) == len(trainable), f'{method}: untrained {sorted(set(trainable) - set(moved))}'
+    untrained = sorted(set(trainable) - set(moved))
+    assert not untrained, f'{method}: untrained {untrained}'
 
     if not peft.mergeable or peft.merge_blockers():
         return
@@ -209,7 +210,7 @@ def test_ssf_saves_its_output_while_the_scale_recovers_the_input():
 def test_amp_wrapper_on_cpu_rejects_dtypes_cpu_cannot_autocast():
     from mmssf.engine.amp import AmpOptimWrapper
     opt = torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=0.1)
-    with pytest.raises(ValueError, match="dtype='float64' cannot autocast on CPU.*float16, bfloat16"):
+    with pytest.raises(ValueError, match="dtype='float64' cannot autocast on CPU.*float16, bf"):
         AmpOptimWrapper(optimizer=opt, dtype='float64', device='cpu')
     with pytest.raises(ValueError, match='--amp-dtype .*choose one of float16, bfloat16'):
         use_amp(dict(optim_wrapper=dict(type='OptimWrapper')), 'half')
@@ -217,7 +218,8 @@ def test_amp_wrapper_on_cpu_rejects_dtypes_cpu_cannot_autocast():
 
 @pytest.mark.slow  # one Runner training through tools/train.py (~20 s)
 @pytest.mark.parametrize('amp_dtype', ['float16'])
-def test_train_tool_amp_trains_through_the_amp_wrapper(tmp_path, folder_data, device_env, amp_dtype):
+def test_train_tool_amp_trains_through_the_amp_wrapper(tmp_path, folder_data, device_env,
+                                                       amp_dtype):
     """``tools/train.py --amp --amp-dtype float16`` trains (on CPU too), the loss scaler's state is
     in the resumable checkpoint, and SSF's merged twin is written."""
     import os.path as osp
@@ -227,8 +229,8 @@ def test_train_tool_amp_trains_through_the_amp_wrapper(tmp_path, folder_data, de
                             'VisionTransformer', dict(type='SSF'))
     work = tmp_path / 'work'
     log = run_tool(['tools/train.py', cfg, '--work-dir', str(work), '--amp', '--amp-dtype',
-                    amp_dtype, '--cfg-options', 'train_cfg.max_epochs=1'] + data_options(folder_data),
-                   env=device_env)
+                    amp_dtype, '--cfg-options', 'train_cfg.max_epochs=1']
+                   + data_options(folder_data), env=device_env)
     assert 'AmpOptimWrapper' in log
     ckpt = torch.load(work / 'epoch_1.pth', weights_only=True)
     assert 'loss_scaler' in ckpt['optimizer']

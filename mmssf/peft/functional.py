@@ -6,7 +6,7 @@ MIN_RECOVERABLE_SCALE = 1 / 16
 
 
 class _ScaleShift(torch.autograd.Function):
-    """``y = x * scale + shift`` along one channel dim, saving ``y`` (or, rarely, ``x``) for backward.
+    """``y = x * scale + shift`` along one channel dim, saving ``y`` (rarely ``x``) for backward.
 
     Memory: a plain ``x * scale + shift`` saves its input ``x``; the op after SSF (attention, GELU,
     the next Linear) saves ``y``, so both would be kept. The scale gradient ``Σ g·x`` is computed
