@@ -24,6 +24,8 @@ Timings never go into unit tests; this script is the place for them. Usage::
     python benchmarks/peft_cost.py --quick              # ViT only, 1 timed step
     python benchmarks/peft_cost.py --models swin --methods full,ssf,lora --steps 5
     python benchmarks/peft_cost.py --models vit --methods full,ssf --breakdown ssf --no-rss --no-merge
+    python benchmarks/peft_cost.py --compile --depth 2 --batch 4   # torch.compile speed-up per method
+    python benchmarks/peft_cost.py --device cuda --batch 32 --no-rss   # on a GPU (gpu_proof.sh)
 """
 import argparse
 import collections
@@ -101,6 +103,9 @@ GOALS = {
     'snell': [('mem', 'mem < 1', lambda r: r < 1.0)],
 }
 MERGE_TOL = 0.05  # merged / stock inference time counts as 1.00 within +-5 % (timing noise)
+#: set by main() from --device / --depth (the child processes get them on their command line)
+DEVICE = torch.device('cpu')
+DEPTH = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,13 +137,23 @@ def build_backbone(model: str, seed: int = 0) -> nn.Module:
     from mmpretrain.models.backbones import SwinTransformer, VisionTransformer
     torch.manual_seed(seed)
     if model == 'vit':
-        backbone = VisionTransformer(arch='b', img_size=IMG, patch_size=16)
+        arch = 'b' if DEPTH is None else dict(embed_dims=768, num_layers=DEPTH, num_heads=12,
+                                              feedforward_channels=3072)
+        backbone = VisionTransformer(arch=arch, img_size=IMG, patch_size=16)
     elif model == 'swin':
-        backbone = SwinTransformer(arch='tiny', img_size=IMG)
+        arch = 'tiny' if DEPTH is None else dict(embed_dims=96, depths=[2, 2, DEPTH, 2],
+                                                 num_heads=[3, 6, 12, 24])
+        backbone = SwinTransformer(arch=arch, img_size=IMG)
     else:
         raise ValueError(model)
     backbone.init_weights()
     return backbone
+
+
+def sync():
+    """Wait for the device (timings on CUDA)."""
+    if DEVICE.type == 'cuda':
+        torch.cuda.synchronize()
 
 
 class Classifier(nn.Module):
@@ -198,7 +213,7 @@ def build_trainer(model: str, method: str, seed: int = 0):
     elif variant == 'dense':
         dense_snell(peft)
     torch.manual_seed(seed + 1)
-    clf = Classifier(backbone)  # the head always trains
+    clf = Classifier(backbone).to(DEVICE)  # the head always trains
     clf.train()
     params = [p for p in clf.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.05)
@@ -209,7 +224,7 @@ def make_batch(batch: int, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 3, IMG, IMG, generator=gen)
     y = torch.randint(0, NUM_CLASSES, (batch, ), generator=gen)
-    return x, y
+    return x.to(DEVICE), y.to(DEVICE)
 
 
 def train_step(clf, opt, x, y):
@@ -261,6 +276,10 @@ def measure_state(clf, opt, x, y, breakdown=False):
     groups = collections.defaultdict(lambda: [0, 0])  # (module, producer) -> [bytes, count]
     shapes = {}  # (module, producer) -> first shape seen
     tracker = ModuleTracker(clf) if breakdown else None
+    if DEVICE.type == 'cuda':
+        sync()
+        torch.cuda.reset_peak_memory_stats()
+        resident = torch.cuda.memory_allocated()
 
     def pack(t):
         try:
@@ -291,6 +310,10 @@ def measure_state(clf, opt, x, y, breakdown=False):
                     if torch.is_tensor(v))
     opt.zero_grad(set_to_none=True)
     out = dict(act=sum(saved.values()), grad=grads, opt=opt_state, n_saved=len(saved))
+    if DEVICE.type == 'cuda':  # (the first step: AdamW's state is allocated inside it)
+        sync()
+        out['cuda_peak'] = torch.cuda.max_memory_allocated()
+        out['cuda_resident'] = resident
     out['total'] = out['act'] + out['grad'] + out['opt']
     if breakdown:
         out['groups'] = sorted(((k + (shapes[k], ), v[0], v[1]) for k, v in groups.items()),
@@ -354,6 +377,8 @@ def run_child(method, model, args):
     cmd = [sys.executable, os.path.abspath(__file__), '--child', method, model,
            '--batch', str(args.batch), '--threads', str(args.threads),
            '--child-steps', str(args.child_steps)]
+    if args.depth is not None:
+        cmd += ['--depth', str(args.depth)]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     if args.rss_mmap_threshold is not None:
         # glibc raises its mmap threshold (up to 32 MiB) after freeing a large block and then keeps
@@ -389,7 +414,7 @@ def measure_merged(model, methods, args, log):
     """{method: dict(ratio, times, max_abs_diff, identical)} + stock times."""
     from mmssf.peft import apply_peft, get_peft
     x, _ = make_batch(args.batch, seed=2)
-    stock = build_backbone(model)
+    stock = build_backbone(model).to(DEVICE)
     stock.eval()  # (some backbones' train() returns None: no chaining)
     stock_sd, _ = stock_structure(stock)
     nets = collections.OrderedDict(stock=stock)
@@ -398,6 +423,7 @@ def measure_merged(model, methods, args, log):
         backbone = build_backbone(model)
         apply_peft(backbone, dict(METHODS[method][1]))
         randomize_trainable(backbone)
+        backbone.to(DEVICE)
         backbone.eval()
         with torch.no_grad():
             tuned_out = backbone(x)[-1]
@@ -419,8 +445,10 @@ def measure_merged(model, methods, args, log):
                 nets[k](x)
         for r in range(args.infer_reps):
             for k in (order if r % 2 == 0 else order[::-1]):
+                sync()
                 t0 = time.perf_counter()
                 nets[k](x)
+                sync()
                 times[k].append(time.perf_counter() - t0)
     stock_t = statistics.median(times['stock'])
     for method in methods:
@@ -464,8 +492,10 @@ def benchmark_model(model, methods, args, log):
         order = methods if r % 2 == 0 else methods[::-1]  # serpentine: full first, then last
         for method in order:
             clf, opt = trainers[method]
+            sync()
             c0, t0 = time.process_time(), time.perf_counter()
             train_step(clf, opt, x, y)
+            sync()
             times[method].append(time.perf_counter() - t0)
             cpu[method].append(time.process_time() - c0)
         log(f'  round {r + 1}/{args.steps}: ' + ', '.join(f'{m} {times[m][-1]:.2f}s' for m in methods))
@@ -493,6 +523,106 @@ def benchmark_model(model, methods, args, log):
             log(f'  child {method:12s} peak RSS {r["maxrss_kb"] / 1024:8.1f} MB '
                 f'(after build {r["rss_built_kb"] / 1024:8.1f} MB)')
     return res
+
+
+def compile_method(model, method, args, log):
+    """One method under ``torch.compile`` (inductor) next to eager: the first training step's
+    loss and gradients compared (same drop-path draws: ``fallback_random``), then eager and
+    compiled training steps timed alternately on the same model. Returns a dict; ``error`` when
+    compiling or running the compiled model fails."""
+    import torch._dynamo
+    import torch._inductor.config as inductor_config
+    inductor_config.fallback_random = True
+    clf, opt = build_trainer(model, method)
+    x, y = make_batch(args.batch)
+    trainable = [(n, p) for n, p in clf.named_parameters() if p.requires_grad]
+    row = dict(trainable=num_trainable(clf))
+
+    def first_step(net):
+        torch.manual_seed(0)
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        grads = {n: p.grad.detach().clone() for n, p in trainable}
+        opt.zero_grad(set_to_none=True)
+        return loss.detach(), grads
+
+    loss_e, grads_e = first_step(clf)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = torch.compile(clf)
+    sync()
+    t0 = time.perf_counter()
+    try:
+        loss_c, grads_c = first_step(compiled)
+    except Exception as err:  # noqa: BLE001  (the table reports what broke)
+        first = (str(err).strip().splitlines() or [''])[0][:200].replace('|', '/')
+        row['error'] = f'{type(err).__name__}: {first}'
+        log(f'  {method:12s} compile FAILED: {row["error"]}')
+        return row
+    sync()
+    row['compile_s'] = time.perf_counter() - t0
+    row['graph_breaks'] = sum(torch._dynamo.utils.counters['graph_break'].values())
+    row['loss_diff'] = float((loss_c - loss_e).abs())
+    row['grad_rel'] = max(float((grads_c[n] - grads_e[n]).abs().max()
+                                / grads_e[n].abs().max().clamp(min=1e-30)) for n, _ in trainable)
+    nets = dict(eager=clf, compiled=compiled)
+    times = {k: [] for k in nets}
+    for _ in range(args.warmup):
+        for net in nets.values():
+            train_step(net, opt, x, y)
+    for r in range(args.steps):
+        for k in (list(nets) if r % 2 == 0 else list(nets)[::-1]):
+            sync()
+            t0 = time.perf_counter()
+            train_step(nets[k], opt, x, y)
+            sync()
+            times[k].append(time.perf_counter() - t0)
+    row['eager_s'] = statistics.median(times['eager'])
+    row['compiled_s'] = statistics.median(times['compiled'])
+    row['speedup'] = row['eager_s'] / row['compiled_s']
+    log(f'  {method:12s} compiled in {row["compile_s"]:.0f}s ({row["graph_breaks"]} graph breaks), '
+        f'max rel grad diff {row["grad_rel"]:.1e}, step eager {row["eager_s"]:.3f}s / compiled '
+        f'{row["compiled_s"]:.3f}s = x{row["speedup"]:.2f}')
+    del compiled, nets, clf, opt
+    torch._dynamo.reset()
+    gc.collect()
+    return row
+
+
+def compile_table(all_rows, args):
+    lines = ['| Model | Method | compiles | graph breaks | first compiled step (s) | eager step (s) '
+             '| compiled step (s) | speed-up | first-step loss diff | max rel grad diff |',
+             '|---|---|---|---:|---:|---:|---:|---:|---:|---:|']
+    for model, rows in all_rows.items():
+        for method, r in rows.items():
+            name = f'| {MODELS[model]} | {METHODS[method][0]} |'
+            if 'error' in r:
+                lines.append(f'{name} **no**: {r["error"]} | | | | | | | |')
+                continue
+            lines.append(f'{name} yes | {r["graph_breaks"]} | {r["compile_s"]:.0f} | '
+                         f'{r["eager_s"]:.3f} | {r["compiled_s"]:.3f} | {r["speedup"]:.2f} | '
+                         f'{r["loss_diff"]:.1e} | {r["grad_rel"]:.1e} |')
+    return '\n'.join(lines)
+
+
+def cuda_table(all_res):
+    """Step time, peak CUDA memory of the first (measured) step, merged / stock inference."""
+    lines = ['| Model | Method | step time (ms) | × full | peak allocated in a step (MB) '
+             '| above resident (MB) | × full | merged / stock inference |',
+             '|---|---|---:|---:|---:|---:|---:|---:|']
+    for model, res in all_res.items():
+        full = res['full']
+        full_t = statistics.median(full['times'])
+        full_above = full['state']['cuda_peak'] - full['state']['cuda_resident']
+        for method in [m for m in res if not m.startswith('_')]:
+            r, st = res[method], res[method]['state']
+            t = statistics.median(r['times'])
+            above = st['cuda_peak'] - st['cuda_resident']
+            merge = fmt_ratio(r['merge']['ratio']) if 'merge' in r else '—'
+            lines.append(f'| {MODELS[model]} | {METHODS[method][0]} | {t * 1e3:.1f} | '
+                         f'{t / full_t:.2f} | {st["cuda_peak"] / MB:.0f} | {above / MB:.0f} | '
+                         f'{above / full_above:.2f} | {merge} |')
+    return '\n'.join(lines)
 
 
 def load_average():
@@ -595,9 +725,12 @@ def machine_line(args):
     except OSError:
         pass
     import mmpretrain
+    if DEVICE.type == 'cuda':
+        cpu = f'{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}), host {cpu}'
+    depth = '' if DEPTH is None else f', depth {DEPTH} (ViT-B blocks / Swin-T stage-3 blocks)'
     return (f'{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__} '
             f'({torch.get_num_threads()} threads), mmpretrain {mmpretrain.__version__}, '
-            f'Python {platform.python_version()}; batch {args.batch}, {IMG} px, '
+            f'Python {platform.python_version()}; batch {args.batch}, {IMG} px{depth}, '
             f'{args.warmup} warm-up + {args.steps} timed steps')
 
 
@@ -624,6 +757,17 @@ def parse_args(argv=None):
     p.add_argument('--breakdown', default='',
                    help='comma list of methods whose saved tensors are broken down per module / op')
     p.add_argument('--json', default=None, help='also write the raw results here')
+    p.add_argument('--device', default='cpu', choices=('cpu', 'cuda'),
+                   help='cuda: timings synchronised, peak torch.cuda.max_memory_allocated of the '
+                        'first step per method, no RSS children')
+    p.add_argument('--compile', action='store_true',
+                   help='instead of the cost table: torch.compile (inductor) per method, checked '
+                        'against eager and timed (speed-up); see benchmarks/README.md')
+    p.add_argument('--dry-run', action='store_true',
+                   help='check the arguments, print what would run, and exit')
+    p.add_argument('--depth', type=int, default=None,
+                   help='blocks of ViT-B (default 12) / of Swin-T stage 3 (default 6): a shallower '
+                        'model for --compile, whose compile time grows with depth')
     p.add_argument('--child', nargs=2, metavar=('METHOD', 'MODEL'), help=argparse.SUPPRESS)
     p.add_argument('--child-steps', type=int, default=2, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -643,15 +787,45 @@ def parse_args(argv=None):
         if name not in METHODS:
             p.error(f'unknown method {name!r}; choose from {", ".join(METHODS)}')
     args.methods = ['full'] + [m for m in METHODS if m in methods and m != 'full']
+    if args.compile:  # (only the methods asked for; the variants are references for memory)
+        args.methods = [m for m in METHODS if m in methods and METHODS[m][2] is None]
+    if args.memory_only or args.device == 'cuda' or args.compile:
+        args.no_rss = True
     if args.memory_only:
-        args.no_rss = args.no_merge = True
+        args.no_merge = True
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        p.error('--device cuda: torch sees no CUDA device')
+    if args.depth is not None and args.depth < 1:
+        p.error('--depth must be >= 1')
     if args.warmup < 1 or args.steps < 1:
         p.error('--warmup and --steps must be >= 1')
     return args
 
 
+def compile_main(args, log, start):
+    all_rows = collections.OrderedDict()
+    for model in args.models:
+        log(f'\n== {MODELS[model]}: torch.compile per method')
+        all_rows[model] = collections.OrderedDict(
+            (method, compile_method(model, method, args, log)) for method in args.methods)
+    print('\n## torch.compile (inductor) per method\n')
+    print(f'Machine: {machine_line(args)}. Run time {(time.perf_counter() - start) / 60:.1f} min.\n')
+    print(compile_table(all_rows, args))
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(dict(machine=machine_line(args), results=all_rows), f, indent=1)
+    return 0
+
+
 def main(argv=None):
+    global DEVICE, DEPTH
     args = parse_args(argv)
+    if args.dry_run:
+        print(f'peft_cost.py would run: {"torch.compile per method" if args.compile else "cost table"} '
+              f'on {args.device}, models {",".join(args.models)}, methods {",".join(args.methods)}, '
+              f'batch {args.batch}, {args.steps} timed steps, RSS children: {not args.no_rss}')
+        return 0
+    DEVICE, DEPTH = torch.device(args.device), args.depth
     if args.child:
         child_main(args.child[0], args.child[1], args)
         return 0
@@ -664,6 +838,8 @@ def main(argv=None):
         print(f'[{time.perf_counter() - start:7.1f}s] {msg}', flush=True)
 
     log(machine_line(args))
+    if args.compile:
+        return compile_main(args, log, start)
     all_res = collections.OrderedDict()
     for model in args.models:
         all_res[model] = benchmark_model(model, args.methods, args, log)
@@ -675,6 +851,9 @@ def main(argv=None):
     print('\n## PEFT cost vs full fine-tuning\n')
     print(f'Machine: {machine_line(args)}. Run time {elapsed / 60:.1f} min.\n')
     print(table)
+    if DEVICE.type == 'cuda':
+        print(f'\n### On {torch.cuda.get_device_name()}\n')
+        print(cuda_table(all_res))
     print('\nGoals: SSF train-state memory <= 0.55x and step time <= 0.65x of full; LoRA / RLRR '
           f'below full on both; merged / stock inference = 1.00 (within ±{MERGE_TOL:.2f}, and the merged '
           'backbone has exactly the stock state-dict keys and shapes and no hooks).')

@@ -7,6 +7,28 @@ import torch
 os.environ.setdefault('OMP_NUM_THREADS', '2')
 
 
+def pytest_addoption(parser):
+    parser.addoption('--device', default='cpu', choices=('cpu', 'cuda'),
+                     help='where the device-generic tests (merge equivalence, SPT, AMP, Runner '
+                          'flows) run: cpu (default, CI) or cuda (benchmarks/gpu_proof.sh)')
+
+
+@pytest.fixture(scope='session')
+def device(request):
+    """The torch device the device-generic tests run on (``pytest --device cuda``)."""
+    name = request.config.getoption('--device')
+    if name == 'cuda' and not torch.cuda.is_available():
+        pytest.fail('--device cuda: torch sees no CUDA device (torch.cuda.is_available() is False)')
+    return torch.device(name)
+
+
+@pytest.fixture(scope='session')
+def device_env(device):
+    """Environment for tool subprocesses: mmengine puts the model on CUDA whenever it sees one, so
+    ``--device cpu`` hides the GPUs from the tools."""
+    return {} if device.type == 'cuda' else {'CUDA_VISIBLE_DEVICES': ''}
+
+
 def _mmpretrain_vit(**kw):
     from mmpretrain.models.backbones import VisionTransformer
     return VisionTransformer(

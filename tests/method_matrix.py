@@ -60,3 +60,23 @@ ROUND_TRIP_CASES = {
     **{k: v[:1] for k, v in MERGE_CASES.items()},
     **{k: v[:1] for k, v in REFUSE_CASES.items()},
 }
+
+#: every method: a few steps through ``mmssf.AmpOptimWrapper`` (bf16 and fp16 autocast) train it
+#: and (mergeable ones) merge after (``tests/test_amp.py``). Listed by hand, not derived: a method
+#: registered without a row here fails the matrix.
+AMP_CASES = {
+    'SSF': fixed(dict(type='SSF')),
+    'LoRA': fixed(dict(type='LoRA', targets=['qkv', 'proj', 'fc1', 'fc2'], r=4, alpha=8)),
+    'RLRR': fixed(dict(type='RLRR')),
+    'DoRA': fixed(dict(type='DoRA', targets=['qkv', 'proj', 'fc1', 'fc2'], r=4, alpha=8)),
+    'SNELL': fixed(dict(type='SNELL', r=4)),
+    'BitFit': fixed(dict(type='BitFit')),
+    'LinearProbe': fixed(dict(type='Linear')),
+    'FullFineTune': fixed(dict(type='Full')),
+    'SPTLoRA': spt_allocation('lora'),
+    'SPTAdapter': spt_allocation('adapter'),
+    'Adapter': fixed(dict(type='Adapter', r=4)),
+    'VPTShallow': fixed(dict(type='VPTShallow', num_prompts=3)),
+    'VPTDeep': fixed(dict(type='VPTDeep', num_prompts=3)),
+    'Mona': fixed(dict(type='Mona', r=8)),
+}

@@ -7,10 +7,14 @@ from mmssf.peft.functional import scale_shift
 
 @pytest.mark.parametrize('shape,dim', [((3, 5, 4), -1), ((2, 4, 3, 3), 1)])
 @pytest.mark.parametrize('with_shift', [True, False])
-def test_gradients_are_exact(shape, dim, with_shift):
+@pytest.mark.parametrize('zero_scales', [False, True])  # True: the op keeps its input instead
+def test_gradients_are_exact(shape, dim, with_shift, zero_scales):
     torch.manual_seed(0)
     x = torch.randn(shape, dtype=torch.double, requires_grad=True)
-    scale = (1 + 0.1 * torch.randn(shape[dim], dtype=torch.double)).requires_grad_()
+    scale = 1 + 0.1 * torch.randn(shape[dim], dtype=torch.double)
+    if zero_scales:
+        scale[:2] = 0.0
+    scale.requires_grad_()
     shift = (0.1 * torch.randn(shape[dim], dtype=torch.double)).requires_grad_() if with_shift else None
     args = (x, scale, shift) if with_shift else (x, scale)
     assert torch.autograd.gradcheck(

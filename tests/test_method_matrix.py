@@ -6,19 +6,21 @@ import torch
 
 import test_param_counts
 from conftest import build_backbone
-from method_matrix import MERGE_CASES, REFUSE_CASES, ROUND_TRIP_CASES
+from method_matrix import AMP_CASES, MERGE_CASES, REFUSE_CASES, ROUND_TRIP_CASES
 from mmssf.peft import OptionError, apply_peft, build_peft, get_peft
 from mmssf.peft.registry_facts import method_classes, methods_of_tensor
 
 
 def test_every_registered_method_is_in_the_matrix():
-    """Registering a method without merge (or refusal), round-trip and count coverage fails."""
+    """Registering a method without merge (or refusal), round-trip, AMP and count coverage
+    fails."""
     missing = []
     for cls in method_classes():
         name = cls.__name__
         merge_table = MERGE_CASES if cls.mergeable else REFUSE_CASES
         for table, label in ((merge_table, 'merge' if cls.mergeable else 'merge refusal'),
                              (ROUND_TRIP_CASES, 'PEFT-only round trip'),
+                             (AMP_CASES, 'AMP training'),
                              (test_param_counts.COUNTED, 'parameter count')):
             if name not in table:
                 missing.append(f'{name}: no {label} case')
@@ -27,7 +29,8 @@ def test_every_registered_method_is_in_the_matrix():
 
 def test_matrix_names_only_registered_methods():
     names = {cls.__name__ for cls in method_classes()}
-    for table in (MERGE_CASES, REFUSE_CASES, ROUND_TRIP_CASES, test_param_counts.COUNTED):
+    for table in (MERGE_CASES, REFUSE_CASES, ROUND_TRIP_CASES, AMP_CASES,
+                  test_param_counts.COUNTED):
         assert set(table) <= names, set(table) - names
 
 

@@ -1,5 +1,6 @@
 """Merge equivalence: every mergeable method x every backbone implementation (rows from
-``method_matrix.MERGE_CASES``; non-mergeable methods must refuse, ``REFUSE_CASES``)."""
+``method_matrix.MERGE_CASES``; non-mergeable methods must refuse, ``REFUSE_CASES``). The
+equivalence runs on ``pytest --device`` (cpu by default, cuda on a GPU machine)."""
 import subprocess
 import sys
 import textwrap
@@ -21,13 +22,15 @@ def _has_hooks(model):
 
 
 @pytest.mark.parametrize('method,case', MERGE_IDS, ids=[f'{m}{i}' for m, i in MERGE_IDS])
-def test_merge_equivalence(tmp_path, method, case, backbone_name):
+def test_merge_equivalence(tmp_path, method, case, backbone_name, device):
     model, size = build_backbone(backbone_name)
     stock, _ = build_backbone(backbone_name, seed=123)
     stock_shapes = {k: v.shape for k, v in stock.state_dict().items()}
     apply_peft(model, MERGE_CASES[method][case](model, tmp_path))
     randomize_peft(model)
-    x = torch.randn(2, 3, *size)
+    model.to(device)
+    stock.to(device)
+    x = torch.randn(2, 3, *size).to(device)
     with torch.no_grad():
         tuned = flatten_outputs(model(x))
         get_peft(model).merge(model)

@@ -3,7 +3,8 @@ mmpretrain (``mmdet::`` / ``mmseg::`` / ``mmpretrain::`` inheritance, tiny dims 
 generated data: train a few iterations with a PEFT method, then check that ``X_merged.pth``
 loads with ``weights_only=True`` and ``strict=True`` into the *stock* config's model in a process
 that never imports mmssf, and that its metrics equal ``tools/test.py`` on the tuned config with the
-resumable ``X.pth``.
+resumable ``X.pth``. The tools run on ``pytest --device`` (cpu hides the GPUs; cuda lets
+mmengine use them).
 """
 import os.path as osp
 
@@ -52,7 +53,7 @@ def datasets(tmp_path_factory):
 # every flow trains through the Runner (40-80 s each on 2 cores): the slow tier
 @pytest.mark.slow
 @pytest.mark.parametrize('flow', sorted(FLOWS))
-def test_train_merge_and_stock_evaluation(tmp_path, datasets, flow):
+def test_train_merge_and_stock_evaluation(tmp_path, datasets, flow, device_env):
     stock_cfg, stock_type, peft, kind, ckpt_name, extra = FLOWS[flow]
     opts = data_options(datasets[kind], coco=kind == 'coco') + extra
     peft = {k: v.format(tmp=tmp_path) if isinstance(v, str) else v for k, v in peft.items()}
@@ -60,10 +61,10 @@ def test_train_merge_and_stock_evaluation(tmp_path, datasets, flow):
     work = tmp_path / 'work'
     if peft['type'].startswith('SPT'):
         log = run_tool(['tools/analysis_tools/spt_sensitivity.py', tuned_cfg, '--budget', '2k',
-                        '--samples', '4', '--rank', '2', '--cfg-options'] + opts)
+                        '--samples', '4', '--rank', '2', '--cfg-options'] + opts, env=device_env)
         assert 'budget asked 2,000 | met 2,000' in log
         assert osp.isfile(tmp_path / 'spt' / 'sensitivity_patterns.png')
-    log = run_tool(['tools/train.py', tuned_cfg, '--work-dir', str(work), '--cfg-options'] + opts)
+    log = run_tool(['tools/train.py', tuned_cfg, '--work-dir', str(work), '--cfg-options'] + opts, env=device_env)
     assert 'trainable params:' in log
 
     ckpt = work / ckpt_name
@@ -76,9 +77,9 @@ def test_train_merge_and_stock_evaluation(tmp_path, datasets, flow):
         assert stock_ckpt['meta']['mmssf']['allocation']['backbone']['budget']['met'] == 2000
 
     run_tool(['tools/test.py', tuned_cfg, str(ckpt), '--work-dir', str(tmp_path / 't1'),
-              '--out', str(tmp_path / 'tuned.json'), '--cfg-options'] + opts)
+              '--out', str(tmp_path / 'tuned.json'), '--cfg-options'] + opts, env=device_env)
     run_tool(['tools/misc/eval_stock.py', stock_cfg, str(merged), '--work-dir', str(tmp_path / 't2'),
-              '--out', str(tmp_path / 'stock.json'), '--cfg-options'] + opts)
+              '--out', str(tmp_path / 'stock.json'), '--cfg-options'] + opts, env=device_env)
     tuned, stock = read_json(tmp_path / 'tuned.json'), read_json(tmp_path / 'stock.json')
     assert tuned.keys() == stock.keys() and tuned
     for key in tuned:
@@ -86,7 +87,7 @@ def test_train_merge_and_stock_evaluation(tmp_path, datasets, flow):
 
 
 @pytest.mark.slow
-def test_mask_rcnn_mona_trains_and_evaluates_with_its_peft_state(tmp_path, datasets):
+def test_mask_rcnn_mona_trains_and_evaluates_with_its_peft_state(tmp_path, datasets, device_env):
     """Mona (not mergeable) on the stock Mask R-CNN Swin-T: trains through ``tools/train.py``,
     the hook writes no ``_merged`` file and says why, the checkpoint holds the trained adapters
     under their declared prefix, and ``tools/test.py`` evaluates it with the tuned config."""
@@ -96,7 +97,7 @@ def test_mask_rcnn_mona_trains_and_evaluates_with_its_peft_state(tmp_path, datas
     tuned_cfg = write_peft_config(tmp_path / 'mona.py', stock_cfg, 'SwinTransformer',
                                   dict(type='Mona', r=8))
     work = tmp_path / 'work'
-    log = run_tool(['tools/train.py', tuned_cfg, '--work-dir', str(work), '--cfg-options'] + opts)
+    log = run_tool(['tools/train.py', tuned_cfg, '--work-dir', str(work), '--cfg-options'] + opts, env=device_env)
     assert 'trainable params:' in log
     assert 'no _merged checkpoint: Mona cannot be merged' in log
     ckpt = work / 'epoch_1.pth'
@@ -107,5 +108,5 @@ def test_mask_rcnn_mona_trains_and_evaluates_with_its_peft_state(tmp_path, datas
     gamma = state['backbone.stages.0.blocks.0.mona_attn_gamma']
     assert not torch.allclose(gamma, torch.full_like(gamma, 1e-6))  # trained
     run_tool(['tools/test.py', tuned_cfg, str(ckpt), '--work-dir', str(tmp_path / 't1'),
-              '--out', str(tmp_path / 'tuned.json'), '--cfg-options'] + opts)
+              '--out', str(tmp_path / 'tuned.json'), '--cfg-options'] + opts, env=device_env)
     assert read_json(tmp_path / 'tuned.json')

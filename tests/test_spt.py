@@ -1,4 +1,5 @@
-"""SPT: sensitivity, budgeted allocation, SPT-LoRA / SPT-Adapter in the method contract."""
+"""SPT: sensitivity, budgeted allocation, SPT-LoRA / SPT-Adapter in the method contract. The
+sensitivity pass, training / round trip and autocast tests run on ``pytest --device``."""
 import json
 import subprocess
 import sys
@@ -53,8 +54,8 @@ def classification_batches(sizes, seed=0):
 
 
 # -- acceptance 1: sensitivity ---------------------------------------------------------------
-def test_sensitivity_equals_plain_autograd_loop():
-    model = tiny_classifier()
+def test_sensitivity_equals_plain_autograd_loop(device):
+    model = tiny_classifier().to(device)
     batches = classification_batches([3, 3, 3])
     scores, info = compute_sensitivity(model, model.backbone, batches, num_samples=7, progress=False)
     assert info == dict(samples=7, samples_asked=7, batches=3)
@@ -78,7 +79,7 @@ def test_sensitivity_equals_plain_autograd_loop():
     total = sum(float(r.abs().sum()) for r in reference.values())
     assert total > 0
     for name in params:
-        err = (scores[name].double() - reference[name]).abs().max().item()
+        err = (scores[name].double().to(device) - reference[name]).abs().max().item()
         assert err <= 1e-6 * max(reference[name].abs().max().item(), 1e-30), name
     # the pass leaves the model as it found it
     assert all(p.requires_grad and p.grad is None for p in model.parameters())
@@ -357,11 +358,12 @@ def test_allocation_file_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize('method', ['SPTLoRA', 'SPTAdapter'])
-def test_freezing_training_and_peft_round_trip(tmp_path, method, backbone_name):
+def test_freezing_training_and_peft_round_trip(tmp_path, method, backbone_name, device):
     kind = 'lora' if method == 'SPTLoRA' else 'adapter'
     path = _saved_allocation(tmp_path, backbone_name, kind)
     model, size = build_backbone(backbone_name)
     apply_peft(model, dict(type=method, allocation=path))
+    model.to(device)
     spt = get_peft(model)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == set(spt.trainable_names(model))
@@ -369,14 +371,16 @@ def test_freezing_training_and_peft_round_trip(tmp_path, method, backbone_name):
         spt.allocation.budget['met']
     assert any('spt_delta' in n for n in trainable)
     # gradients reach exactly the PEFT tensors; deltas get O(K) gradients
-    x = torch.randn(2, 3, *size)
+    x = torch.randn(2, 3, *size).to(device)
     sum(o.square().mean() for o in flatten_outputs(model(x))).backward()
     for name, p in model.named_parameters():
         assert (p.grad is not None) == (name in trainable), name
     for name, p in model.named_parameters():
         if 'spt_delta' in name:
             assert p.grad.shape == p.shape and p.grad.abs().sum() > 0, name
+    model.cpu()  # (randomize_peft draws on the CPU)
     randomize_peft(model)
+    model.to(device)
     with torch.no_grad():
         expected = flatten_outputs(model(x))
     save_peft(model, str(tmp_path / 'peft.pth'))
@@ -387,6 +391,7 @@ def test_freezing_training_and_peft_round_trip(tmp_path, method, backbone_name):
     fresh, _ = build_backbone(backbone_name)
     apply_peft(fresh, dict(type=method, allocation=path))
     load_peft(fresh, str(tmp_path / 'peft.pth'))
+    fresh.to(device)
     with torch.no_grad():
         got = flatten_outputs(fresh(x))
     assert all(torch.equal(a, b) for a, b in zip(expected, got))
@@ -455,13 +460,14 @@ def test_sparse_linear_delta_is_exact():
     assert torch.allclose(_linear_path(weight, x, index, delta), _dense_path(weight, x, index, delta))
 
 
-def test_sparse_deltas_train_under_autocast(tmp_path):
+def test_sparse_deltas_train_under_autocast(tmp_path, device):
     """Mixed precision: the Linear runs in bfloat16, its input and the deltas stay float32."""
     path = _saved_allocation(tmp_path, 'mmpretrain_vit')
     model, size = build_backbone('mmpretrain_vit')
     apply_peft(model, dict(type='SPTLoRA', allocation=path))
-    with torch.autocast('cpu', dtype=torch.bfloat16):
-        outs = flatten_outputs(model(torch.randn(2, 3, *size)))
+    model.to(device)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        outs = flatten_outputs(model(torch.randn(2, 3, *size).to(device)))
     sum(o.float().square().mean() for o in outs).backward()
     deltas = [p for n, p in model.named_parameters() if 'spt_delta' in n]
     assert deltas and all(p.grad is not None and p.grad.dtype == torch.float32 for p in deltas)

@@ -1,6 +1,6 @@
 """Train with any mmpretrain / mmdet / mmseg config (the config's default_scope decides).
 
-    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp]
+    python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp [--amp-dtype D]]
         [--cfg-options k=v ...] [--launcher none|pytorch|slurm|mpi]
 """
 import argparse
@@ -15,7 +15,10 @@ def parse_args():
     parser = argparse.ArgumentParser(description='Train a model (mmssf)')
     parser.add_argument('config', help='train config file path')
     parser.add_argument('--work-dir', help='the dir to save logs and models')
-    parser.add_argument('--amp', action='store_true', help='enable automatic mixed precision')
+    parser.add_argument('--amp', action='store_true',
+                        help='automatic mixed precision (mmssf.AmpOptimWrapper: GPU or CPU)')
+    parser.add_argument('--amp-dtype', choices=('float16', 'bfloat16'), default=None,  # (amp.AMP_DTYPES)
+                        help='autocast dtype with --amp (default: float16 on GPU, bfloat16 on CPU)')
     parser.add_argument('--auto-scale-lr', action='store_true', help='scale lr by batch size')
     parser.add_argument(
         '--resume', nargs='?', type=str, const='auto',
@@ -34,6 +37,7 @@ def main():
     args = parse_args()
     import mmssf  # noqa: F401  (registers mmssf and applies the stack fixes)
     from mmssf.download import WeightDownloadError, with_config_keys
+    from mmssf.engine.amp import use_amp
     from mmssf.engine.atomic_checkpoint import use_atomic_checkpoints
     from mmssf.engine.checkpoint_check import CheckpointMismatchError, add_checkpoint_check
     from mmssf.fileio import CheckpointFileError, CheckpointWriteError
@@ -48,8 +52,9 @@ def main():
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
     if args.amp:
-        cfg.optim_wrapper.type = 'AmpOptimWrapper'
-        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+        use_amp(cfg, args.amp_dtype)
+    elif args.amp_dtype is not None:
+        raise SystemExit('tools/train.py: --amp-dtype needs --amp')
     if args.auto_scale_lr:
         if 'auto_scale_lr' not in cfg:
             raise KeyError('--auto-scale-lr needs "auto_scale_lr" (base_batch_size) in the config')

@@ -1,0 +1,83 @@
+"""``torch.compile`` (inductor, CPU) of tuned backbones: every method's mechanisms — forward hooks
+(SSF, LoRA, Adapter, VPT-deep prompts), weight transforms (RLRR, DoRA, SNELL, SSF folded into
+norms), custom autograd ops (SSF's scale-shift, SPT's sparse deltas) and VPT's replaced window
+attention — compile, and the compiled backbone equals eager within float tolerance, outputs and
+gradients of every trainable tensor.
+
+Compiling is slow on CPU (dynamo tracing the hooks: ~10 s a case on 2 cores; inductor's C++
+codegen: 30-120 s). The default tier traces the two cases that cover every mechanism with the
+``aot_eager`` backend (dynamo + AOTAutograd: the graph capture, the custom autograd ops and the
+backward, without codegen); the slow tier compiles one with inductor; the per-method inductor
+sweep on three backbones (~1 h) is in the long tier. ``benchmarks/peft_cost.py --compile`` runs
+inductor per method on ViT-B/16 (outputs and gradients checked there too; table in
+``benchmarks/README.md``).
+"""
+import pytest
+import torch
+
+from conftest import build_backbone, flatten_outputs, randomize_peft
+from method_matrix import ROUND_TRIP_CASES
+from mmssf.peft import apply_peft
+from mmssf.peft.registry_facts import method_classes
+
+METHODS = [cls.__name__ for cls in method_classes()]
+BACKBONES = ('mmpretrain_vit', 'mmpretrain_swin', 'mmdet_swin')
+# every mechanism once: forward hooks, SSF's autograd op and its norm weight transforms (SSF on
+# ViT); hooks around blocks and the replaced window attention (VPT-deep on Swin)
+REPRESENTATIVE = [('SSF', 'mmpretrain_vit'), ('VPTDeep', 'mmpretrain_swin')]
+OUT_TOL = dict(rtol=1e-4, atol=1e-5)
+GRAD_RTOL = 1e-3  # of the tensor's largest eager gradient
+
+
+def eager_and_compiled(method, backbone_name, tmp_path, backend='inductor'):
+    """(eager (outputs, grads), compiled (outputs, grads)) of a randomised tuned backbone, in eval
+    mode (no drop-path draws to match)."""
+    import torch._dynamo
+    backbone, size = build_backbone(backbone_name)
+    apply_peft(backbone, ROUND_TRIP_CASES[method][0](backbone, tmp_path))
+    randomize_peft(backbone)
+    backbone.eval()
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
+    trainable = {n: p for n, p in backbone.named_parameters() if p.requires_grad}
+
+    def run(net):
+        outs = flatten_outputs(net(x))
+        sum((o * (i + 1)).square().mean() for i, o in enumerate(outs)).backward()
+        grads = {n: p.grad.clone() for n, p in trainable.items()}
+        backbone.zero_grad(set_to_none=True)
+        return [o.detach() for o in outs], grads
+
+    eager = run(backbone)
+    torch._dynamo.reset()
+    compiled = run(torch.compile(backbone, backend=backend))
+    torch._dynamo.reset()
+    return eager, compiled
+
+
+def check_equal(method, eager, compiled):
+    (outs_e, grads_e), (outs_c, grads_c) = eager, compiled
+    assert len(outs_e) == len(outs_c) > 0
+    for e, c in zip(outs_e, outs_c):
+        torch.testing.assert_close(c, e, **OUT_TOL, msg=lambda m: f'{method} outputs: {m}')
+    assert grads_e and grads_e.keys() == grads_c.keys()
+    for name, e in grads_e.items():
+        err = (grads_c[name] - e).abs().max().item()
+        assert err <= GRAD_RTOL * max(e.abs().max().item(), 1e-12), (method, name, err)
+
+
+@pytest.mark.parametrize('method,backbone_name', REPRESENTATIVE)
+def test_traced_equals_eager_for_each_mechanism(tmp_path, method, backbone_name):
+    check_equal(method, *eager_and_compiled(method, backbone_name, tmp_path, 'aot_eager'))
+
+
+@pytest.mark.slow  # one inductor compilation (~90 s on 2 cores)
+def test_inductor_compiled_ssf_equals_eager(tmp_path):
+    check_equal('SSF', *eager_and_compiled('SSF', 'mmpretrain_vit', tmp_path, 'inductor'))
+
+
+@pytest.mark.long  # every method on three backbones: ~40 inductor compilations
+@pytest.mark.parametrize('backbone_name', BACKBONES)
+@pytest.mark.parametrize('method', METHODS)
+def test_every_method_compiles_and_equals_eager(tmp_path, method, backbone_name):
+    assert method in ROUND_TRIP_CASES, f'{method}: no row in tests/method_matrix.py'
+    check_equal(method, *eager_and_compiled(method, backbone_name, tmp_path, 'inductor'))
