@@ -526,9 +526,9 @@ def test_harness_help_lists_tasks_methods_and_defaults(capsys):
     with pytest.raises(SystemExit):
         run_table.parse_args(['--help'])
     out = capsys.readouterr().out
-    assert 'VTAB-1k tasks (19): cifar, caltech101, dtd' in out and 'smallnorb_ele' in out
-    assert 'FGVC tasks (5): cub, nabirds' in out
-    assert 'methods (--method' in out and 'spt-lora' in out
+    assert 'vtab1k tasks (19): cifar, caltech101, dtd' in out and 'smallnorb_ele' in out
+    assert 'fgvc tasks (5): cub, nabirds' in out
+    assert 'vtab1k methods (--method): adapter, bitfit' in out and 'spt-lora' in out
     assert '(default: official)' in out  # --protocol
     assert 'print (and write as markdown + CSV) the table beside the paper\'s numbers.' in out
 

@@ -37,13 +37,46 @@ ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, ROOT)
 warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
 
-import mmssf  # noqa: E402,F401  (stack fixes: weights_only loading of Runner checkpoints)
-from mmssf.benchmarks import (ResultTable, get_suite, load_paper_results,  # noqa: E402
-                              load_recipes, run_config)
-from mmssf.benchmarks.data_check import find_data_problems, weights_problem  # noqa: E402
-from mmssf.benchmarks.suites import METHODS, MERGEABLE, PRETRAINED_HOW, SUITES  # noqa: E402
-from mmssf.cli import NameList  # noqa: E402
-from mmssf.launch import Config, DictAction  # noqa: E402
+CONFIGS = osp.join(ROOT, 'configs')
+
+# only the argument parser's needs here: --help answers before torch and mmssf are imported
+from mmengine.config import DictAction  # noqa: E402
+
+
+def _load_stack():
+    """mmssf and what the harness uses of it, imported once the arguments are parsed (so that
+    ``--help`` and argument errors answer without loading torch)."""
+    global mmssf, ResultTable, get_suite, load_paper_results, load_recipes, run_config
+    global find_data_problems, weights_problem, MERGEABLE, PRETRAINED_HOW, Config, split_names
+    import mmssf  # noqa: F401  (stack fixes: weights_only loading of Runner checkpoints)
+    from mmssf.benchmarks import (ResultTable, get_suite, load_paper_results, load_recipes,
+                                  run_config)
+    from mmssf.benchmarks.data_check import find_data_problems, weights_problem
+    from mmssf.benchmarks.suites import MERGEABLE, PRETRAINED_HOW
+    from mmssf.cli import split_names
+    from mmssf.launch import Config
+
+
+def _suite_files():
+    """``{suite: (tasks, methods)}`` as the files of ``configs/<suite>/`` hold them (the help
+    text, without importing mmssf): the task columns of ``paper_results.csv`` and the prefixes
+    of the method configs ``<method>_<stock config>.py``. The harness checks both against the
+    suite's table when it runs."""
+    found = {}
+    for suite in sorted(os.listdir(CONFIGS)) if osp.isdir(CONFIGS) else ():
+        papers = osp.join(CONFIGS, suite, 'paper_results.csv')
+        if not osp.isfile(papers) or not osp.isfile(osp.join(CONFIGS, suite, 'recipes.csv')):
+            continue
+        with open(papers) as f:
+            header = next(line for line in f if line.strip() and not line.startswith('#'))
+        tasks = [c for c in header.strip().split(',') if c not in (
+            'method', 'mean_reported', 'mean_convention', 'source') and not c.endswith('_reported')]
+        names = sorted(n[:-3] for n in os.listdir(osp.join(CONFIGS, suite)) if n.endswith('.py'))
+        stock = [n for n in names if any(m.endswith('_' + n) for m in names)]
+        methods = [m[:-len(stock[0]) - 1] for m in names if stock and m.endswith('_' + stock[0])]
+        found[suite] = (tasks, methods)
+    return found
+
 
 PY = sys.executable
 METRIC = 'accuracy/top1'
@@ -59,26 +92,27 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return text
 
 
-def _epilog():
+def _epilog(suites):
     lines = []
-    for suite in SUITES.values():
-        lines.append(f'{suite.title} tasks ({len(suite.tasks)}): {", ".join(suite.tasks)}')
-    lines.append(f'methods (--method, configs/<suite>/<method>_...py): {", ".join(METHODS)}')
+    for suite, (tasks, methods) in suites.items():
+        lines.append(f'{suite} tasks ({len(tasks)}): {", ".join(tasks)}')
+        lines.append(f'{suite} methods (--method): {", ".join(methods)}')
     lines.append('check a prepared data folder first: '
                  'tools/dataset_converters/check_benchmark_data.py')
     return '\n'.join(lines)
 
 
 def parse_args(argv=None):
+    suites = _suite_files()
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n', 1)[0],
-                                     formatter_class=_HelpFormatter, epilog=_epilog())
-    parser.add_argument('--suite', required=True, choices=sorted(SUITES))
+                                     formatter_class=_HelpFormatter, epilog=_epilog(suites))
+    parser.add_argument('--suite', required=True, choices=sorted(suites))
     parser.add_argument('--method', required=True, help='one of the methods listed below')
     parser.add_argument('--data-root', required=True,
                         help='VTAB-1k: the folder holding the 19 task folders; FGVC: the folder '
                              'holding CUB_200_2011/, NABirds/, OxfordFlowers/, StanfordDogs/, '
                              'StanfordCars/')
-    parser.add_argument('--tasks', nargs='+', action=NameList,
+    parser.add_argument('--tasks', nargs='+',
                         help='space- or comma-separated; default: every task of the suite')
     parser.add_argument('--protocol', choices=('official', 'val'), default='official',
                         help='official: train on train+val, test the last epoch; val: select '
@@ -109,6 +143,11 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.launcher == 'none' and args.gpus != 1:
         parser.error('--gpus > 1 needs --launcher pytorch')
+    _load_stack()
+    if args.tasks is not None:
+        args.tasks = split_names(args.tasks)
+        if not args.tasks:
+            parser.error('--tasks needs at least one name')
     return args
 
 
