@@ -21,8 +21,12 @@ test that fails without it.
    a local file (:mod:`mmssf.download`).
 4. setuptools' "pkg_resources is deprecated" warning, printed each time mmengine looks up a
    ``pkg::`` base config, is silenced (the user cannot act on it).
+5. mmengine logs one line per parameter when a model initialises (``name - torch.Size(...):
+   Initialized by ...``, hundreds for a ViT-B): they stay in the log file and leave the
+   terminal (the console handlers of every ``MMLogger`` skip them).
 """
 import functools
+import logging
 import warnings
 
 import numpy as np
@@ -123,8 +127,42 @@ def silence_pkg_resources_warning() -> None:
     warnings.filterwarnings('ignore', message='pkg_resources is deprecated', category=UserWarning)
 
 
+class _NoInitLines(logging.Filter):
+    """Drops mmengine's per-parameter init records (``BaseModule.init_weights`` logs
+    ``'\\n<name> - torch.Size([...]): \\n<how it was initialised>'``)."""
+
+    def filter(self, record):
+        msg = record.getMessage()
+        return not (msg.startswith('\n') and ' - torch.Size(' in msg)
+
+
+def init_lines_to_file_only() -> None:
+    """Every ``MMLogger`` created from now on keeps the per-parameter init lines off its
+    console handlers (its log file still has them)."""
+    from mmengine.logging import MMLogger
+    original = MMLogger.__init__
+    if getattr(original, '_mmssf_wrapped', False):
+        return
+
+    @functools.wraps(original)
+    def __init__(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        for handler in self.handlers:
+            if type(handler) is logging.StreamHandler:  # (not its FileHandler subclass)
+                handler.addFilter(_NoInitLines())
+
+    __init__._mmssf_wrapped = True
+    MMLogger.__init__ = __init__
+    for name in list(MMLogger._instance_dict):  # (loggers that exist already)
+        for handler in MMLogger._instance_dict[name].handlers:
+            if type(handler) is logging.StreamHandler and not any(
+                    isinstance(f, _NoInitLines) for f in handler.filters):
+                handler.addFilter(_NoInitLines())
+
+
 def apply_all() -> None:
     silence_pkg_resources_warning()
+    init_lines_to_file_only()
     allow_mmengine_checkpoint_types()
     pickle_history_buffer_without_functions()
     explain_refused_checkpoints()

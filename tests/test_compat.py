@@ -112,3 +112,21 @@ def test_failed_download_names_the_url_and_the_key(monkeypatch):
             in str(err.value)
         assert ('--cfg-options model.backbone.init_cfg.checkpoint=/path/to/'
                 'vit-base-p16_in21k.pth') in str(err.value)
+
+
+def test_per_parameter_init_lines_reach_the_log_file_not_the_terminal(tmp_path, capsys):
+    """mmengine's one record per parameter at model init (hundreds for a ViT-B) stays in the log
+    file; the console handler skips it (mmssf.compat)."""
+    import mmssf  # noqa: F401
+    from mmengine.logging import MMLogger, print_log
+    log = tmp_path / 'run.log'
+    logger = MMLogger.get_instance('mmssf_init_lines_test', log_file=str(log))
+    print_log('\nlayers.0.attn.qkv.weight - torch.Size([96, 32]): \nInitialized by user-defined '
+              '`init_weights` in TransformerEncoderLayer', logger=logger)
+    print_log('an ordinary line', logger=logger)
+    for handler in logger.handlers:
+        handler.flush()
+    out = capsys.readouterr().out
+    assert 'an ordinary line' in out and 'torch.Size' not in out
+    text = log.read_text()
+    assert 'layers.0.attn.qkv.weight - torch.Size([96, 32])' in text and 'an ordinary line' in text
