@@ -37,7 +37,26 @@ ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, ROOT)
 warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
 
-CONFIGS = osp.join(ROOT, 'configs')
+
+
+def _config_root():
+    """The zoo's configs/ as :func:`mmssf.benchmarks.suites.find_config_root` finds it
+    ($MMSSF_CONFIGS, the checkout beside the package, the wheel's ``mmssf/.mim/configs``), without
+    importing mmssf (``find_spec`` does not run the package)."""
+    import importlib.util
+    spec = importlib.util.find_spec('mmssf')
+    package = list(spec.submodule_search_locations)[0] if spec else None
+    candidates = [os.environ.get('MMSSF_CONFIGS')]
+    if package:
+        candidates += [osp.join(osp.dirname(package), 'configs'),
+                       osp.join(package, '.mim', 'configs')]
+    for root in candidates + [osp.join(ROOT, 'configs')]:
+        if root and osp.isfile(osp.join(root, 'vtab1k', 'recipes.csv')):
+            return root
+    return osp.join(ROOT, 'configs')
+
+
+CONFIGS = _config_root()
 
 # only the argument parser's needs here: --help answers before torch and mmssf are imported
 from mmengine.config import DictAction  # noqa: E402
