@@ -88,9 +88,15 @@ def explain_refused_checkpoints() -> None:
 
     load_from_local._mmssf_wrapped = True
     ckpt_module.load_from_local = load_from_local
+    _swap_scheme_loaders(loader, original, load_from_local)
+
+
+def _swap_scheme_loaders(loader, original, wrapper) -> None:
+    """Point every ``CheckpointLoader`` scheme registered with ``original`` at ``wrapper`` (the
+    loader table holds the functions themselves, not their module names)."""
     for prefix in list(loader._schemes):
         if loader._schemes[prefix] is original:
-            loader._schemes[prefix] = load_from_local
+            loader._schemes[prefix] = wrapper
 
 
 def explain_failed_downloads() -> None:
@@ -115,9 +121,7 @@ def explain_failed_downloads() -> None:
 
     load_from_http._mmssf_wrapped = True
     ckpt_module.load_from_http = load_from_http
-    for prefix in list(loader._schemes):
-        if loader._schemes[prefix] is original:
-            loader._schemes[prefix] = load_from_http
+    _swap_scheme_loaders(loader, original, load_from_http)
 
 
 def silence_pkg_resources_warning() -> None:

@@ -157,6 +157,26 @@ SWIN_ROLES = {
     'patch_merging': r'stages\.\d+\.downsample',
 }
 
+# timm's ViT blocks (VisionTransformer, Eva): ``x = x + drop_path1(ls1(attn(norm1(x))))``, then
+# the same with the MLP; an EVA-02 table changes q / k / v and the SwiGLU input projections
+_TIMM_VIT_ROLES = {
+    'patch_embed': r'patch_embed\.proj',
+    'patch_embed_norm': r'patch_embed\.norm',
+    'norm1': _TIMM_BLOCK + r'\.norm1',
+    'qkv': _TIMM_BLOCK + r'\.attn\.qkv',
+    'proj': _TIMM_BLOCK + r'\.attn\.proj',
+    'norm2': _TIMM_BLOCK + r'\.norm2',
+    'fc1': _TIMM_BLOCK + r'\.mlp\.fc1',
+    'fc2': _TIMM_BLOCK + r'\.mlp\.fc2',
+    'layer_scale': _TIMM_BLOCK + r'\.ls[12]',
+    'final_norm': r'norm|fc_norm',  # (one is an Identity, by the model's pooling)
+    'block': _TIMM_BLOCK,
+}
+_TIMM_VIT_TOKEN_MAP = TokenMap(
+    blocks=_TIMM_BLOCK, grid='conv_map', grid_source='patch_embed.proj',
+    extra_tokens=lambda backbone: int(backbone.num_prefix_tokens), attn_residual='branch',
+    norm='norm2', ffn='mlp', branches=('drop_path1', 'drop_path2'))
+
 TABLES: List[TargetTable] = [
     TargetTable(
         name='mmpretrain VisionTransformer',
@@ -206,47 +226,18 @@ TABLES: List[TargetTable] = [
         name='timm VisionTransformer',
         classes=('timm.models.vision_transformer.VisionTransformer', ),
         kind='vit',
-        roles={
-            'patch_embed': r'patch_embed\.proj',
-            'patch_embed_norm': r'patch_embed\.norm',
-            'norm1': _TIMM_BLOCK + r'\.norm1',
-            'qkv': _TIMM_BLOCK + r'\.attn\.qkv',
-            'proj': _TIMM_BLOCK + r'\.attn\.proj',
-            'norm2': _TIMM_BLOCK + r'\.norm2',
-            'fc1': _TIMM_BLOCK + r'\.mlp\.fc1',
-            'fc2': _TIMM_BLOCK + r'\.mlp\.fc2',
-            'layer_scale': _TIMM_BLOCK + r'\.ls[12]',
-            'final_norm': r'norm|fc_norm',  # (one is an Identity, by the model's pooling)
-            'block': _TIMM_BLOCK,
-        },
+        roles=_TIMM_VIT_ROLES,
         cls_token='cls_token', always_trained=r'head',
-        token_map=TokenMap(
-            blocks=_TIMM_BLOCK, grid='conv_map', grid_source='patch_embed.proj',
-            extra_tokens=lambda backbone: int(backbone.num_prefix_tokens),
-            attn_residual='branch', norm='norm2', ffn='mlp',
-            branches=('drop_path1', 'drop_path2'))),
+        token_map=_TIMM_VIT_TOKEN_MAP),
     TargetTable(
         name='timm Eva',
         classes=('timm.models.eva.Eva', ),
         kind='vit',
-        roles={
-            'patch_embed': r'patch_embed\.proj',
-            'patch_embed_norm': r'patch_embed\.norm',
-            'norm1': _TIMM_BLOCK + r'\.norm1',
-            'qkv': _TIMM_BLOCK + r'\.attn\.[qkv]_proj',  # (EVA-02: separate; k has no bias)
-            'proj': _TIMM_BLOCK + r'\.attn\.proj',
-            'norm2': _TIMM_BLOCK + r'\.norm2',
-            'fc1': _TIMM_BLOCK + r'\.mlp\.fc1(?:_g|_x)?',  # SwiGLU: gate and value projections
-            'fc2': _TIMM_BLOCK + r'\.mlp\.fc2',
-            'final_norm': r'norm|fc_norm',
-            'block': _TIMM_BLOCK,
-        },
+        roles={**{k: v for k, v in _TIMM_VIT_ROLES.items() if k != 'layer_scale'},
+               'qkv': _TIMM_BLOCK + r'\.attn\.[qkv]_proj',  # (EVA-02: separate; k has no bias)
+               'fc1': _TIMM_BLOCK + r'\.mlp\.fc1(?:_g|_x)?'},  # SwiGLU: gate and value inputs
         cls_token='cls_token', always_trained=r'head', fused_qkv=False,
-        token_map=TokenMap(
-            blocks=_TIMM_BLOCK, grid='conv_map', grid_source='patch_embed.proj',
-            extra_tokens=lambda backbone: int(backbone.num_prefix_tokens),
-            attn_residual='branch', norm='norm2', ffn='mlp',
-            branches=('drop_path1', 'drop_path2')),
+        token_map=_TIMM_VIT_TOKEN_MAP,
         prompt_blocker='its attention applies a rotary position embedding to every token after '
                        'the prefix tokens by grid position, and prompt tokens have none'),
     TargetTable(
