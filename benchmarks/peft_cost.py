@@ -101,6 +101,9 @@ GOALS = {
     'lora': [('mem', 'mem < 1', lambda r: r < 1.0), ('time', 'time < 1', lambda r: r < 1.0)],
     'rlrr': [('mem', 'mem < 1', lambda r: r < 1.0), ('time', 'time < 1', lambda r: r < 1.0)],
     'snell': [('mem', 'mem < 1', lambda r: r < 1.0)],
+    # (issue 20: each new method below full fine-tuning in step time)
+    'adaptformer': [('time', 'time < 1', lambda r: r < 1.0)],
+    'adapterplus': [('time', 'time < 1', lambda r: r < 1.0)],
 }
 MERGE_TOL = 0.05  # merged / stock inference time counts as 1.00 within +-5 % (timing noise)
 #: set by main() from --device / --depth (the child processes get them on their command line)

@@ -44,6 +44,13 @@ MERGE_CASES = {
     'FullFineTune': [fixed(dict(type='Full'))],
     # (regularised as the official SPT-LoRA: dropout / drop-path act in training only)
     'SPTLoRA': [spt_allocation('lora'), spt_allocation('lora', dropout=0.1, drop_path=0.1)],
+    # (FacT: shared factors per token width; its dropout acts in training only)
+    'FacTTT': [fixed(dict(type='FacTTT', r=4)), fixed(dict(type='FacTTT', r=2, scale=0.5))],
+    'FacTTK': [fixed(dict(type='FacTTK', r=4)), fixed(dict(type='FacTTK', r=3, scale=0.1))],
+    'GLoRA': [fixed(dict(type='GLoRA')),
+              fixed(dict(type='GLoRA', r=2, A='vector', B='constant', C='vector', D='constant',
+                         E='none')),
+              fixed(dict(type='GLoRA', A='none', B='lora', C='none', D='none', E='vector'))],
 }
 
 #: methods that change the computation: merge must be refused with a clear message
@@ -53,6 +60,9 @@ REFUSE_CASES = {
     'VPTDeep': [fixed(dict(type='VPTDeep', num_prompts=3))],
     'SPTAdapter': [spt_allocation('adapter')],
     'Mona': [fixed(dict(type='Mona', r=8))],
+    'AdaptFormer': [fixed(dict(type='AdaptFormer', r=4)),
+                    fixed(dict(type='AdaptFormer', r=4, position='sequential'))],
+    'AdapterPlus': [fixed(dict(type='AdapterPlus', r=4))],
 }
 
 #: every method: PEFT-only save / load reproduces the outputs exactly
@@ -79,4 +89,10 @@ AMP_CASES = {
     'VPTShallow': fixed(dict(type='VPTShallow', num_prompts=3)),
     'VPTDeep': fixed(dict(type='VPTDeep', num_prompts=3)),
     'Mona': fixed(dict(type='Mona', r=8)),
+    'FacTTT': fixed(dict(type='FacTTT', r=4)),
+    'FacTTK': fixed(dict(type='FacTTK', r=4)),
+    # (D scales the bias: mmdet / mmseg Swin start with zero biases, where D gets no gradient)
+    'GLoRA': fixed(dict(type='GLoRA', D='none')),
+    'AdaptFormer': fixed(dict(type='AdaptFormer', r=4)),
+    'AdapterPlus': fixed(dict(type='AdapterPlus', r=4)),
 }

@@ -528,7 +528,7 @@ def test_harness_help_lists_tasks_methods_and_defaults(capsys):
     out = capsys.readouterr().out
     assert 'vtab1k tasks (19): cifar, caltech101, dtd' in out and 'smallnorb_ele' in out
     assert 'fgvc tasks (5): cub, nabirds' in out
-    assert 'vtab1k methods (--method): adapter, bitfit' in out and 'spt-lora' in out
+    assert 'vtab1k methods (--method): adapter, adaptformer, bitfit' in out and 'spt-lora' in out
     assert '(default: official)' in out  # --protocol
     assert 'print (and write as markdown + CSV) the table beside the paper\'s numbers.' in out
 
@@ -712,3 +712,51 @@ def test_harness_val_protocol_selects_on_val_then_tests_on_test(vtab_root, tmp_p
         run = json.load(open(osp.join(work, 'vtab1k/linear/val/kitti', s, 'run_result.json')))
         assert (run['train_split'], run['eval_split']) == ('train800', 'val200')
     assert 'chose lr' in out
+
+
+@pytest.mark.parametrize('protocol', ['val', 'official'])
+def test_harness_spt_budget_is_a_val_grid_or_the_fixed_official_one(vtab_root, tmp_path,
+                                                                     monkeypatch, protocol):
+    """val: the budget is one more grid (default: the official sweep 0.2M-1.0M of
+    configs/vtab_supervised_spt_lora.sh), chosen on val200, then the chosen one trains on
+    train800val200; official: the scripts state no per-task budget, so --spt-budget for every
+    task. The table prints the budget of each task and where it came from. (Runs faked: the
+    selection logic, not training, is under test here.)"""
+    from mmssf.benchmarks import spt_budgets
+    run_table = load_harness()
+    args = run_table.parse_args(['--suite', 'vtab1k', '--method', 'spt-lora', '--data-root',
+                                 vtab_root, '--tasks', 'kitti', '--work-dir', str(tmp_path),
+                                 '--protocol', protocol])
+    harness = run_table.Harness(args)
+    on_val = {'0.2M': 50.0, '0.4M': 60.0, '0.6M': 70.0, '0.8M': 70.0, '1.0M': 55.0}
+    calls = []
+
+    def fake_run(task, name, train_split, eval_split, lr, wd, budget=None):
+        calls.append((name, train_split, eval_split, budget))
+        return dict(task=task, run=name, train_split=train_split, eval_split=eval_split, lr=lr,
+                    weight_decay=wd, spt_budget=budget, trainable_params=1,
+                    evaluated='tuned (not mergeable)',
+                    accuracy=on_val[budget] if eval_split == 'val200' else 42.0)
+    monkeypatch.setattr(harness, 'run', fake_run)
+    result = harness.task('kitti')
+    if protocol == 'val':
+        assert spt_budgets.OFFICIAL_GRID == ('0.2M', '0.4M', '0.6M', '0.8M', '1.0M')
+        assert [c[3] for c in calls] == list(spt_budgets.OFFICIAL_GRID) + ['0.6M']  # first best
+        assert calls[0][:3] == ('select_b0.2M_lr0.001_wd0.0001', 'train800', 'val200')
+        assert calls[-1][:3] == ('final', 'train800val200', 'test')
+        assert [s['spt_budget'] for s in result['selection']] == list(spt_budgets.OFFICIAL_GRID)
+        assert 'selected on val200' in result['spt_budget_source']
+        assert 'vtab_supervised_spt_lora.sh' in result['spt_budget_source']
+        assert result['signature']['spt_budget'] == list(spt_budgets.OFFICIAL_GRID)
+    else:
+        assert calls == [('final', 'train800val200', 'test', '0.4M')]
+        assert 'state no per-task budget' in result['spt_budget_source']
+        assert result['signature']['spt_budget'] == '0.4M'
+    assert result['spt_budget'] == ('0.6M' if protocol == 'val' else '0.4M')
+    md = harness.table().markdown()
+    assert '| kitti | Structured | 42.00 |' in md and f'SPT budget {result["spt_budget"]} |' in md
+    assert f'SPT budget: {result["spt_budget_source"]}.' in md
+    with pytest.raises(SystemExit, match='SPT budget: cannot read the budget'):
+        run_table.Harness(run_table.parse_args(
+            ['--suite', 'vtab1k', '--method', 'spt-lora', '--data-root', vtab_root,
+             '--work-dir', str(tmp_path), '--spt-budget-grid', '0.4M', 'lots']))

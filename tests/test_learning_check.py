@@ -19,6 +19,7 @@ paid twice, not forty times (the check must fit in about 3 minutes on 2 cores). 
 one per method, chosen once on this task (not per run). Measured: linear 59.2, ssf 78.0,
 bitfit 72.0, lora 78.0, rlrr 79.3, adapter 78.2, vpt-deep 69.4, vpt-shallow 66.1, spt-lora
 79.1, spt-adapter 81.1, full 81.5; SSF with the PEFT parameters dropped from the optimizer 56.4.
+AdaptFormer-8 (added later): 78.6 against the linear probe's 63.0 in the same run.
 Cost: ~170 s of CPU time in all (two single-thread drivers: ~1.5 min on 2 idle cores; 4 min on
 a 2-core machine shared with other jobs).
 """
@@ -50,6 +51,7 @@ RECIPES = {
     'lora': (0.01, {}),
     'rlrr': (0.03, {}),
     'adapter': (0.1, {}),
+    'adaptformer': (0.1, {}),
     'vpt-deep': (0.1, dict(num_prompts=8)),
     'vpt-shallow': (0.1, dict(num_prompts=16)),
     'spt-lora': (0.01, {}),

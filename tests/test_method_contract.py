@@ -18,7 +18,9 @@ CLASSES = {cls.__name__: cls for cls in method_classes()}
 SPT_KIND = {'SPTLoRA': 'lora', 'SPTAdapter': 'adapter'}
 #: the method-signature options (not unit specs): backbone and value that differ from the default
 SIGNATURE_VALUES = {'patch_merging': ('mmpretrain_swin', True),
-                    'pool_prompts': ('mmpretrain_swin', False)}
+                    'pool_prompts': ('mmpretrain_swin', False),
+                    'shared_qkv_dropout': ('mmpretrain_vit', False),
+                    'cls_token': ('mmpretrain_vit', False)}
 TARGETS = {'Mona': ['layers.0'], 'VPTShallow': ['layers.0'], 'VPTDeep': ['layers.0']}
 
 
@@ -55,6 +57,14 @@ def option_value(name, option, tmp_path):
         model, _ = build_backbone('mmpretrain_vit')
         return 'mmpretrain_vit', spt_allocation(SPT_KIND[name], budget=3000)(
             model, tmp_path / 'other')['allocation']
+    if option == 'support':  # GLoRA: a support file other than the default (one Linear, A only)
+        from mmssf.peft.glora import GLoRASupport, backbone_fingerprint
+        model, _ = build_backbone('mmpretrain_vit')
+        config = dict(A='vector', B='none', C='none', D='none', E='none')
+        return 'mmpretrain_vit', GLoRASupport(
+            rank=2, supports={'layers.0.ffn.layers.0.0': config},
+            backbone=backbone_fingerprint(model, ['layers.0.ffn.layers.0.0'])).save(
+                str(tmp_path / 'support'))
     assert option in SIGNATURE_VALUES, \
         f'{name}: no test value for its option {option!r}: add one to SIGNATURE_VALUES'
     return SIGNATURE_VALUES[option]

@@ -41,14 +41,15 @@ def rlrr_swin_official():
     return total + 2 * 1024 + HEAD['swin_b']
 
 
-def snell_formula(r, arch):
+def snell_formula(r, arch, cls_token=True):
     """SNELL-r at the official positions: separate q / k / v updates (in = out = C each), proj,
     fc1, fc2 of every block; ``r · (in + out)`` per Linear (P = 2 factor chunks of r / 2 per row
-    on both sides). The paper gives no counts (its App. E.1 explains why)."""
+    on both sides); ViT's class token (D), trained by the official code. The paper gives no counts
+    (its App. E.1 explains why)."""
     def block(c):
         return r * (3 * (c + c) + (c + c) + (c + 4 * c) + (4 * c + c))
     if arch == 'vit_b':
-        return LAYERS * block(D) + HEAD['vit_b']
+        return LAYERS * block(D) + D * cls_token + HEAD['vit_b']
     stages = zip(SWIN_B['dims'], SWIN_B['depths'])
     return sum(depth * block(c) for c, depth in stages) + HEAD['swin_b']
 
@@ -88,12 +89,34 @@ COUNTED = {
     'LoRA': [('vit_b', dict(type='LoRA', r=8, targets=['qkv', 'fc1']), lora_formula(8, ['qkv', 'fc1']))],
     'Adapter': [('vit_b', dict(type='Adapter', r=8), LAYERS * (2 * D * 8 + 8 + D) + HEAD['vit_b'])],
     'DoRA': [('vit_b', dict(type='DoRA', r=8), LAYERS * (8 * (D + 3 * D) + 3 * D) + HEAD['vit_b'])],
+    # (ViT-B, r = 8: 1,327,104 factors + the 768 class token + the head)
     'SNELL': [('vit_b', dict(type='SNELL'), snell_formula(8, 'vit_b')),
+              ('vit_b', dict(type='SNELL'), 1_327_104 + 768 + HEAD['vit_b']),
+              ('vit_b', dict(type='SNELL', cls_token=False), snell_formula(8, 'vit_b', False)),
               ('vit_b', dict(type='SNELL', r=32), snell_formula(32, 'vit_b')),
               ('swin_b', dict(type='SNELL'), snell_formula(8, 'swin_b'))],
     'Mona': [('swin_b', dict(type='Mona'), mona_formula('swin_b')),
              ('vit_b', dict(type='Mona'), mona_formula('vit_b'))],
+    # official code built in a scratch script (timm ViT-B/16, 100 classes): AdaptFormer's
+    # main_image.py tuning_config (parallel, 64, 0.1); Adapter+'s README config (post, 8, channel)
+    'AdaptFormer': [('vit_b', dict(type='AdaptFormer'), 1_266_532)],
+    'AdapterPlus': [('vit_b', dict(type='AdapterPlus'), 242_884)],
     'FullFineTune': [('vit_b', dict(type='Full'), full_formula)],
+    # FacT / GLoRA on ViT-B/16: the official code (JieShibo/PETL-ViT FacT/fact_t[tk].py, its
+    # CIFAR-100 ranks; Arnav0400/ViT-Slim GLoRA supernet and its get_param of a fixed support),
+    # built on timm's vit_base_patch16_224 with reset_classifier(100), counted as it counts
+    # ('FacT' / 'A'...'E' / 'head' in the name). Formulas: TT 2·768·d + 12·(4d² + 4d² + 4d²);
+    # TK 2·768·d + d³ + 144·d; GLoRA per Linear r·(out+in) (A, B), r·(in+1) (C), out (D, E).
+    'FacTTT': [('vit_b', dict(type='FacTTT', r=8), 98_404),
+               ('swin_b', dict(type='FacTTT', r=8),  # one U, V per stage width
+                sum(2 * c * 8 + d * 12 * 64 for c, d in zip(SWIN_B['dims'], SWIN_B['depths']))
+                + HEAD['swin_b'])],
+    'FacTTK': [('vit_b', dict(type='FacTTK', r=32), 163_428)],
+    'GLoRA': [('vit_b', dict(type='GLoRA', r=4), 1_680_676),  # the official supernet's size
+              ('vit_b', dict(type='GLoRA', r=4, A='vector', B='constant', C='vector',
+                             D='constant', E='none'), 224_452),
+              ('vit_b', dict(type='GLoRA', r=4, A='none', B='lora', C='none', D='none',
+                             E='vector'), 749_668)],
     # SPT: counted against its allocation's budget (test_spt_count_is_the_budget_met below)
     'SPTLoRA': [], 'SPTAdapter': [],
 }

@@ -44,7 +44,7 @@ def test_frozen_at_construction(tmp_path, method, backbone_name):
         assert trainable and all(n.rsplit('.', 1)[-1] in ('bias', 'in_proj_bias') for n in trainable)
     elif method == 'FullFineTune':
         assert trainable == {n for n, _ in model.named_parameters()}
-    elif method.startswith('SPT'):  # + the class token, trained and counted as the official SPT
+    elif method.startswith('SPT') or method == 'SNELL':  # + the class token, as the official code
         assert new_names <= trainable and trainable - new_names <= {'cls_token'}
     else:
         assert trainable == new_names  # exactly the added PEFT parameters, stock names untouched

@@ -191,3 +191,24 @@ def test_trains_under_autocast():
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert grads and all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all()
                          and g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize('backbone_name', ['mmpretrain_vit', 'timm_vit', 'mmseg_vit', 'mmpretrain_swin'])
+def test_trains_what_the_official_trains(backbone_name):
+    """Official VisionTransformerSNELL.freeze_stages: the updates, the class token and the head
+    (outside the backbone here, except timm's); norms, position / patch embedding frozen. The class
+    token gets no weight decay; ``cls_token=False`` freezes it; Swin has none."""
+    model, _ = build_backbone(backbone_name)
+    method = apply_peft(model, dict(type='SNELL', r=2))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    factors = {n for n in trainable if '.snell_' in n}
+    head = {n for n in trainable if n.startswith('head.')}
+    vit = backbone_name.endswith('vit')
+    assert trainable - factors - head == ({'cls_token'} if vit else set())
+    assert ('cls_token' in method.no_weight_decay()) == vit
+    assert ('cls_token' in method.peft_state_dict(model)) == vit
+    frozen, _ = build_backbone(backbone_name)
+    apply_peft(frozen, dict(type='SNELL', r=2, cls_token=False))
+    assert {n for n, p in frozen.named_parameters() if p.requires_grad} == factors | head
+    with pytest.raises(OptionError, match='cls_token'):
+        apply_peft(build_backbone(backbone_name)[0], dict(type='SNELL', cls_token='yes'))

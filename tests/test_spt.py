@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import BACKBONES, build_backbone, flatten_outputs, randomize_peft
 from mmssf.peft import MergeError, apply_peft, get_peft, load_peft, save_peft
@@ -786,3 +787,200 @@ def test_scoring_config_of_every_spt_config(config):
     else:
         assert fed['loss']['used'] == 'the task losses as configured'
         assert scored.train_dataloader.batch_size == cfg.test_dataloader.batch_size
+
+
+# -- SPT-Adapter against the official BlockSPTSeq; training-time details ----------------------
+def _all_structured(model, kind, rank=2):
+    """An allocation with every weight matrix (q / k / v blocks apart) structured where the
+    budget allows: matrices score 1, vectors far less, τ = their structured costs (+ cls)."""
+    from mmssf.peft.spt.allocation import candidates, structured_cost
+    gen = torch.Generator().manual_seed(0)
+    scores = {k: torch.ones_like(v) if v.dim() == 2 else torch.rand(v.shape, generator=gen) * 1e-3
+              for k, v in scored_parameters(model).items()}
+    modules = dict(model.named_modules())
+    cost = sum(structured_cost(modules[c.module], kind, rank, 1 if c.block is None else 3)
+               for c in candidates(model, scores, kind) if c.module)
+    cls = model.cls_token.numel() if hasattr(model, 'cls_token') else 0
+    return allocate(scores, model, cost + cls, kind=kind, rank=rank)
+
+
+def _randomize_adapters(model, std=0.3):
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters()):
+            if 'adapter_' in name:
+                p.add_(torch.randn(p.shape, generator=gen) * std)
+
+
+def _official_adapter(module, suffix=''):
+    """The official ``StructuredTuningModule('adapter')`` in eval: up(GELU(down(x)))."""
+    tensors = [getattr(module, f'adapter_{w}{suffix}', None)
+               for w in ('down_weight', 'down_bias', 'up_weight', 'up_bias')]
+    if tensors[0] is None:
+        return None
+    dw, db, uw, ub = tensors
+    return lambda x: F.linear(F.gelu(F.linear(x, dw, db)), uw, ub)
+
+
+def _official_attention(qkv, proj, num_heads, x, bias=None, mask=None):
+    """The official ``AttentionSPTSeq`` (eval) on separate q / k / v Linears (the rows of the fused
+    ``qkv``): ``q = q + A_q(q)`` (k, v alike), attention, ``proj(h) + A_proj(h)``; ``bias`` / ``mask``
+    (Swin's relative-position bias and shift mask) added to the logits as WindowMSA does."""
+    B, N, C = x.shape
+    heads = []
+    for i in range(3):
+        y = F.linear(x, qkv.weight[i * C:(i + 1) * C], qkv.bias[i * C:(i + 1) * C])
+        adapter = _official_adapter(qkv, f'_block{i}')
+        if adapter is not None:
+            y = y + adapter(y)
+        heads.append(y.reshape(B, N, num_heads, C // num_heads).transpose(1, 2))
+    q, k, v = heads
+    logits = q @ k.transpose(-2, -1) * (C // num_heads) ** -0.5
+    if bias is not None:
+        logits = logits + bias
+    if mask is not None:
+        logits = (logits.view(B // mask.shape[0], mask.shape[0], num_heads, N, N)
+                  + mask[None, :, None]).view(B, num_heads, N, N)
+    h = (logits.softmax(-1) @ v).transpose(1, 2).reshape(B, N, C)
+    out = F.linear(h, proj.weight, proj.bias)
+    adapter = _official_adapter(proj)
+    return out + adapter(h) if adapter is not None else out
+
+
+def _official_mlp(fc1, fc2, x):
+    """The official ``MlpSPTSeq`` (eval): ``fc1 → + A(·) → GELU → fc2 → + A(·)``."""
+    h = F.linear(x, fc1.weight, fc1.bias)
+    if _official_adapter(fc1) is not None:
+        h = h + _official_adapter(fc1)(h)
+    y = F.linear(F.gelu(h), fc2.weight, fc2.bias)
+    return y + _official_adapter(fc2)(y) if _official_adapter(fc2) is not None else y
+
+
+def _relative(got, want):
+    return ((got - want).abs().max() / want.abs().max()).item()
+
+
+@pytest.mark.parametrize('backbone_name', ['mmpretrain_vit', 'timm_vit', 'mmpretrain_swin'])
+def test_spt_adapter_equals_the_official_block(tmp_path, backbone_name):
+    """Attention and MLP of a tuned block == the official BlockSPTSeq written above, on the same
+    weights (projection adapter parallel on the projection's input, the others sequential)."""
+    model, _ = build_backbone(backbone_name)
+    alloc = _all_structured(model, 'adapter')
+    spt = apply_peft(model, dict(type='SPTAdapter', allocation=alloc))
+    _randomize_adapters(model)
+    gen = torch.Generator().manual_seed(0)
+    if backbone_name == 'mmpretrain_swin':
+        block = model.stages[0].blocks[1]
+        attn, mlp = block.attn.w_msa, block.ffn
+        fc1, fc2 = mlp.layers[0][0], mlp.layers[1]
+        n = attn.window_size[0] * attn.window_size[1]
+        x = torch.randn(4, n, fc1.in_features, generator=gen)
+        bias = attn.relative_position_bias_table[attn.relative_position_index.view(-1)].view(
+            n, n, -1).permute(2, 0, 1)
+        mask = torch.where(torch.rand(2, n, n, generator=gen) < 0.3, -100.0, 0.0)
+        calls = [(lambda: attn(x, mask=None), dict(bias=bias)),
+                 (lambda: attn(x, mask=mask), dict(bias=bias, mask=mask))]
+    else:
+        block = (model.layers if backbone_name == 'mmpretrain_vit' else model.blocks)[1]
+        attn = block.attn
+        fc1, fc2 = ((block.ffn.layers[0][0], block.ffn.layers[1])
+                    if backbone_name == 'mmpretrain_vit' else (block.mlp.fc1, block.mlp.fc2))
+        x = torch.randn(2, 17, fc1.in_features, generator=gen)
+        calls = [(lambda: attn(x), {})]
+    # every placement under test is tuned in this block
+    assert all(hasattr(attn.qkv, f'adapter_up_weight_block{i}') for i in range(3))
+    assert all(hasattr(m, 'adapter_up_weight') for m in (attn.proj, fc1, fc2))
+    worst = 0.0
+    with torch.no_grad():
+        for call, extra in calls:
+            want = _official_attention(attn.qkv, attn.proj, attn.num_heads, x, **extra)
+            got = call()
+            worst = max(worst, _relative(got, want))
+            # (the mmssf placement before: proj(h) + A(proj(h)), which the official is not)
+            assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+        want = _official_mlp(fc1, fc2, x)
+        got = (block.ffn(x) - x) if hasattr(block, 'ffn') else block.mlp(x)
+        assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+    with pytest.raises(MergeError, match='SPTAdapter cannot be merged'):
+        spt.merge(model)
+
+
+def test_spt_adapter_options_default_to_the_official_training(tmp_path):
+    """Dropout 0.1 on every adapter input but the projection's, drop-path 0.1 on every adapter;
+    the down bias with PyTorch's Linear init (up zero); the placement is not an option."""
+    model, _ = build_backbone('mmpretrain_vit')
+    alloc = _all_structured(model, 'adapter')
+    spt = apply_peft(model, dict(type='SPTAdapter', allocation=alloc))
+    adapters = [u for u in spt.units if hasattr(u, 'up_w')]
+    assert {u.role for u in adapters} == {'qkv', 'proj', 'fc1', 'fc2'}
+    for unit in adapters:
+        assert unit.parallel == (unit.role == 'proj')
+        assert (unit.dropout, unit.drop_path) == ((0.0 if unit.role == 'proj' else 0.1), 0.1)
+        bound = 1 / unit.down_w.shape[1] ** 0.5
+        assert unit.down_b.abs().max() <= bound and unit.down_b.abs().min() > 0
+        assert not unit.up_w.any() and not unit.up_b.any()
+    plain = apply_peft(build_backbone('mmpretrain_vit')[0], dict(type='Adapter', r=2))
+    assert all(not u.down_b.any() and u.dropout == 0 for u in plain.units)
+    with pytest.raises(ValueError, match='parallel is fixed by the official placement'):
+        apply_peft(build_backbone('mmpretrain_vit')[0],
+                   dict(type='SPTAdapter', allocation=alloc, parallel=True))
+    off = apply_peft(build_backbone('mmpretrain_vit')[0],
+                     dict(type='SPTAdapter', allocation=alloc, dropout=0.0, drop_path=0.0))
+    assert all((u.dropout, u.drop_path) == (0, 0) for u in off.units if hasattr(u, 'up_w'))
+
+
+@pytest.mark.parametrize('parallel', [False, True])
+def test_adapter_dropout_and_drop_path_in_training(parallel):
+    """Training: ``y + droppath(A(dropout(y)))`` (sequential) / ``y + droppath(A(x))``-style with
+    dropout on x (parallel), with the same random draws (dropout first, then the drop-path's
+    per-sample uniform), drop-path per sample and rescaled; eval: no randomness."""
+    model, _ = build_backbone('mmpretrain_vit')
+    fc2 = model.layers[0].ffn.layers[1]
+    apply_peft(model, dict(type='Adapter', targets=['fc2'], r=3, dropout=0.5, drop_path=0.5,
+                           parallel=parallel, down_bias_init='linear'))
+    _randomize_adapters(model)
+    adapter = _official_adapter(fc2)
+    x = torch.randn(16, 5, fc2.in_features)
+    with torch.no_grad():
+        y = F.linear(x, fc2.weight, fc2.bias)
+        src = x if parallel else y
+        fc2.eval()
+        assert torch.allclose(fc2(x), y + adapter(src), atol=1e-6)
+        fc2.train()
+        torch.manual_seed(5)
+        got = fc2(x)
+        torch.manual_seed(5)
+        branch = adapter(F.dropout(src, 0.5, True))
+        keep = (0.5 + torch.rand(16, 1, 1)).floor()
+        want = y + branch / 0.5 * keep
+    assert torch.allclose(got, want, atol=1e-5)
+    assert 0 < keep.sum() < 16
+
+
+@pytest.mark.parametrize('shared', [True, False])
+def test_spt_lora_q_k_v_share_one_dropout_draw(shared):
+    """Official AttentionSPTParallel: one ``x_drop`` for the q, k and v LoRAs of a block (default);
+    ``shared_qkv_dropout=False``: one draw per LoRA. fc1 / fc2 draw their own; nothing is held
+    after the forward."""
+    model, _ = build_backbone('mmpretrain_vit')
+    alloc = _all_structured(model, 'lora')
+    spt = apply_peft(model, dict(type='SPTLoRA', allocation=alloc, dropout=0.5, drop_path=0.0,
+                                 shared_qkv_dropout=shared))
+    seen = {}
+    for unit in spt.units:
+        if hasattr(unit, 'lora_A'):
+            def record(x, unit=unit, update=unit.update):
+                seen[(unit.name, unit.rows)] = x.detach().clone()
+                return update(x)
+            unit.update = record
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(2, 3, 64, 64))
+    qkv = [v for (name, _), v in sorted(seen.items()) if name == 'layers.0.attn.qkv']
+    assert len(qkv) == 3
+    masks = [(v == 0) for v in qkv]
+    assert all(0 < m.float().mean() < 1 for m in masks)
+    assert all(torch.equal(masks[0], m) for m in masks[1:]) == shared
+    groups = {u.input_dropout for u in spt.units if getattr(u, 'input_dropout', None)}
+    assert len(groups) == (2 if shared else 0)  # one per attention
+    assert all(g._input is None and g._dropped is None for g in groups)

@@ -39,7 +39,8 @@ MERGEABLE = [dict(type='SSF'), dict(type='LoRA', targets=['qkv', 'proj', 'fc1', 
              dict(type='DoRA', r=4), dict(type='RLRR'), dict(type='SNELL', r=4),
              dict(type='BitFit'), dict(type='Linear'), dict(type='Full')]
 REFUSED = [dict(type='VPTShallow', num_prompts=3), dict(type='VPTDeep', num_prompts=3),
-           dict(type='Adapter', r=4), dict(type='Mona', r=8)]
+           dict(type='Adapter', r=4), dict(type='Mona', r=8),
+           dict(type='AdaptFormer', r=4), dict(type='AdapterPlus', r=4)]
 
 
 def build(name, seed=0):
@@ -105,6 +106,8 @@ NOT_SUPPORTED = {  # (model, method) -> the clear error
     ('swin', 'VPTShallow'): "cannot prompt timm SwinTransformer: mmssf's Swin prompt flow",
     ('swin', 'VPTDeep'): "cannot prompt timm SwinTransformer: mmssf's Swin prompt flow",
     ('swin', 'Mona'): 'mmssf has no token map for timm SwinTransformer',
+    ('swin', 'AdaptFormer'): 'mmssf has no token map for timm SwinTransformer',
+    ('swin', 'AdapterPlus'): 'mmssf has no token map for timm SwinTransformer',
 }
 
 

@@ -68,9 +68,11 @@ class ResultTable:
         rows = []
         for task in self.tasks:
             result = self.results.get(task, {})
+            note = result.get('evaluated', 'not run yet' if not result else '')
+            if result.get('spt_budget'):  # (SPT: which budget, chosen how: budget_note)
+                note += f'; SPT budget {result["spt_budget"]}'
             rows.append(Row(self.suite.labels[task], self.suite.group_of[task], ours.get(task),
-                            theirs.get(task), result.get('trainable_params'),
-                            result.get('evaluated', 'not run yet' if not result else '')))
+                            theirs.get(task), result.get('trainable_params'), note))
         done = [t for t in self.tasks if t in ours]
         mine, paper = averages(ours, self.suite, done), averages(theirs, self.suite, done)
         n_groups = 0
@@ -102,6 +104,12 @@ class ResultTable:
                      'left blank on the paper side.')
         return text
 
+    def budget_note(self) -> str:
+        """SPT: where each task's budget came from (val selection or the fixed official one)."""
+        sources = dict.fromkeys(r['spt_budget_source'] for r in self.results.values()
+                                if r.get('spt_budget_source'))
+        return ''.join(f'SPT budget: {source}.\n' for source in sources)
+
     def markdown(self) -> str:
         head = (f'### {self.suite.title}: {self.method} (protocol: {self.protocol})\n\n'
                 '| task | group | ours | paper | diff | trainable params (M) | evaluated |\n'
@@ -112,7 +120,9 @@ class ResultTable:
             diff = '' if row.diff is None else f'{row.diff:+.2f}'
             lines.append(f'| {row.label} | {row.group} | {_fmt(row.ours)} | {_fmt(row.paper)} | '
                          f'{diff} | {params} | {row.note} |')
-        return head + '\n'.join(lines) + '\n\n' + self.paper_note() + '\n'
+        budget = self.budget_note()
+        return (head + '\n'.join(lines) + '\n\n' + self.paper_note() + '\n'
+                + ('\n' + budget if budget else ''))
 
     def csv(self) -> str:
         out = io.StringIO()

@@ -86,6 +86,15 @@ class DeltaWeightUnit(PeftUnit):
     """
     #: re-parameterize the weight even where the output could be hooked (DoRA: ``W'`` is no sum)
     always_reparam = False
+    #: ``fn(x, p, training)`` dropping the update's input in place of ``F.dropout`` (SPT-LoRA
+    #: shares one draw among a block's q / k / v units); None: ``F.dropout``
+    input_dropout = None
+    #: where ``dropout`` acts: ``'input'`` (the update's input, LoRA's place) or ``'update'`` (the
+    #: kind applies it inside :meth:`update`: FacT drops its core's output)
+    dropout_site = 'input'
+    #: a re-parameterized weight (no hook) with ``dropout`` set: ``'refuse'`` it with an error, or
+    #: ``'skip'`` it (the unit's ``dropout_skipped`` is set; the method warns once for all)
+    reparam_dropout = 'refuse'
 
     @classmethod
     def can_wrap(cls, module, host=None):
@@ -132,6 +141,9 @@ class DeltaWeightUnit(PeftUnit):
             self.handles.append(self.module.register_forward_hook(self.forward_hook))
 
     def refuse_regularisation(self) -> None:
+        self.dropout_skipped = bool(self.dropout) and self.reparam_dropout == 'skip'
+        if self.dropout_skipped:
+            self.dropout = 0.0
         for option in ('dropout', 'drop_path'):
             value = getattr(self, option)
             if value:
@@ -164,7 +176,9 @@ class DeltaWeightUnit(PeftUnit):
         return {w_name: self.effective_weight(params[w_name])}
 
     def forward_hook(self, module, args, out):
-        x = F.dropout(args[0], self.dropout, module.training) if self.dropout else args[0]
+        x = args[0]
+        if self.dropout and self.dropout_site == 'input':
+            x = (self.input_dropout or F.dropout)(x, self.dropout, module.training)
         update = self.update(x)
         if self.drop_path:
             update = drop_path(update, self.drop_path, module.training)

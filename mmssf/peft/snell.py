@@ -29,10 +29,15 @@ scripts pick one per task between 0 and 0.995 — ours defaults to 0.9, the pape
 Positions: every Linear of every block (Sec. 4.1), with *separate* q, k and v updates as the
 official ViT and Swin code: on a fused ``qkv`` projection each of the three row blocks gets its own
 factors and its own threshold (``qkv_blocks=3``). Per Linear of ``in → out``: ``r · (in + out)``
-parameters (the paper omits counts, App. E.1; ViT-B/16, r = 8: 1,327,104). The official code also
-trains ViT's cls token and regularises training with Dropout(0.1) on the inputs of q / k / v / fc1
-/ fc2 and DropPath(0.1) on every update's output; here ``dropout`` and ``drop_path`` default to 0
-(the zoo configs set the official values) and the cls token stays frozen.
+parameters (the paper omits counts, App. E.1; ViT-B/16, r = 8: 1,327,104).
+
+Trained besides the factors, as the official code (``VisionTransformerSNELL.freeze_stages``:
+``head``, ``cls_token`` and the ``additional_*`` updates; norms, position embedding and patch
+embedding stay frozen; its Swin has no class token): ViT's class token (``cls_token=True``, no
+weight decay as the official ``no_weight_decay``; +768 on ViT-B), and the task head, which is
+outside the backbone here. The official code regularises training with Dropout(0.1) on the inputs
+of q / k / v / fc1 / fc2 and DropPath(0.1) on every update's output; here ``dropout`` and
+``drop_path`` default to 0 (the zoo configs set the official values).
 
 Merge: ``W ← W + ΔWˢ`` — exact, the stock keys are unchanged.
 
@@ -55,6 +60,7 @@ from .base import PeftMethod
 from .card import MethodCard
 from .delta_weight import DeltaWeightUnit
 from .options import Option, OptionError
+from .targets import cls_token_name
 
 PIECES = 2  # P of the piecewise-linear kernel (paper App. B: "We set P=2")
 
@@ -199,10 +205,35 @@ class SNELL(PeftMethod):
 
     Args:
         targets: default ``('qkv', 'proj', 'fc1', 'fc2')``.
+        cls_token (bool): train the class token (where the backbone has one), as the official
+            code does. Default True.
     """
     unit_cls = SNELLUnit
     card = MethodCard(zoo='snell', folder='snell', label='SNELL-8 (all block Linears, s=0.9)',
-                      count='r·(in + out) per Linear, separate q / k / v (the paper gives no '
-                            'counts, App. E.1)')
+                      count='r·(in + out) per Linear, separate q / k / v, + the class token '
+                            '(the paper gives no counts, App. E.1)')
     default_targets = ('qkv', 'proj', 'fc1', 'fc2')
+
+    def __init__(self, targets=None, cls_token=True, **options):
+        if not isinstance(cls_token, bool):
+            raise OptionError(f'SNELL: option cls_token={cls_token!r} must be True or False')
+        super().__init__(targets=targets, **options)
+        self.train_cls_token = cls_token
+        self.cls_token_param = None
+
+    def after_attach(self, backbone):
+        self.cls_token_param = (cls_token_name(backbone, self.table) if self.train_cls_token
+                                else None)
+
+    def trainable_names(self, backbone):
+        names = super().trainable_names(backbone)
+        return names + [self.cls_token_param] if self.cls_token_param else names
+
+    def no_weight_decay(self):
+        """The class token gets none (the official ``no_weight_decay``)."""
+        names = super().no_weight_decay()
+        return names + [self.cls_token_param] if self.cls_token_param else names
+
+    def describe(self) -> dict:
+        return dict(super().describe(), cls_token=self.train_cls_token)
 

@@ -71,6 +71,10 @@ class TokenMap:
         attn / norm / ffn: names of the block's attention module, of the norm before the MLP and of
             the MLP module (which returns ``identity + mlp(...)``).
         branches: ``'branch'`` blocks: the modules ending the attention and the MLP branches.
+        mlp_branch: the module (relative to the block) whose output is the MLP branch's term of
+            the stream, after its drop-path and before the residual sum (mmcv's ``FFN``:
+            ``identity + dropout_layer(layers(x))``; timm: ``drop_path2``) — where AdaptFormer /
+            Adapter+ add their adapters beside or after the MLP.
     """
     blocks: str
     grid: str
@@ -81,6 +85,7 @@ class TokenMap:
     norm: str = 'norm2'
     ffn: str = 'ffn'
     branches: Tuple[str, str] = ()
+    mlp_branch: str = 'ffn.dropout_layer'
 
 
 _SWIN_TOKEN_MAP = TokenMap(blocks=_SWIN_BLOCK, grid='block_arg', extra_tokens=lambda backbone: 0,
@@ -175,7 +180,7 @@ _TIMM_VIT_ROLES = {
 _TIMM_VIT_TOKEN_MAP = TokenMap(
     blocks=_TIMM_BLOCK, grid='conv_map', grid_source='patch_embed.proj',
     extra_tokens=lambda backbone: int(backbone.num_prefix_tokens), attn_residual='branch',
-    norm='norm2', ffn='mlp', branches=('drop_path1', 'drop_path2'))
+    norm='norm2', ffn='mlp', branches=('drop_path1', 'drop_path2'), mlp_branch='drop_path2')
 
 TABLES: List[TargetTable] = [
     TargetTable(

@@ -4,7 +4,8 @@ Runner, and print (and write as markdown + CSV) the table beside the paper's num
     python tools/benchmarks/run_table.py --suite vtab1k|fgvc --method ssf --data-root DIR
         [--tasks T ...] [--protocol official|val] [--work-dir DIR] [--launcher none|pytorch]
         [--gpus N] [--amp] [--config CFG] [--stock-config CFG] [--spt-budget 0.4M]
-        [--epochs N] [--check-merged] [--dry-run] [--cfg-options k=v ...]
+        [--spt-budget-grid B ...] [--epochs N] [--check-merged] [--dry-run]
+        [--cfg-options k=v ...]
 
 Per task (recipe: ``configs/<suite>/recipes.csv``; the run config is written in full into the
 run's folder):
@@ -14,6 +15,12 @@ run's folder):
 * ``val``: train on train800 (FGVC: train) for every candidate of the recipe's lr / wd grids
   (``--lr-grid`` / ``--wd-grid`` override them), score each on val200 (FGVC: val), then train
   the chosen one on train800val200 and test it.
+
+SPT's budget (``mmssf/benchmarks/spt_budgets.py``): the official scripts sweep 0.2M-1.0M on
+every task (ziplab/SPT ``configs/vtab_supervised_spt_lora.sh``: ``param_req_{1.0,...,0.2}``) and
+state no per-task choice. ``val`` makes the budget one more grid (``--spt-budget-grid``, default
+the official sweep) chosen on val; ``official`` trains every task at ``--spt-budget``. The table
+says which budget each task used and why.
 
 Each run is ``tools/train.py`` then ``tools/test.py`` in subprocesses (``torchrun`` with
 ``--launcher pytorch``). Mergeable methods are tested through their merged checkpoint on the
@@ -67,11 +74,14 @@ def _load_stack():
     ``--help`` and argument errors answer without loading torch)."""
     global mmssf, ResultTable, get_suite, load_paper_results, load_recipes, run_config
     global find_data_problems, weights_problem, MERGEABLE, PRETRAINED_HOW, Config, split_names
+    global spt_budgets, parse_budget
     import mmssf  # noqa: F401  (stack fixes: weights_only loading of Runner checkpoints)
     from mmssf.benchmarks import (ResultTable, get_suite, load_paper_results, load_recipes,
                                   run_config)
     from mmssf.benchmarks.data_check import find_data_problems, weights_problem
+    from mmssf.benchmarks import spt_budgets
     from mmssf.benchmarks.suites import MERGEABLE, PRETRAINED_HOW
+    from mmssf.peft.spt import parse_budget
     from mmssf.cli import split_names
     from mmssf.launch import Config
 
@@ -145,7 +155,12 @@ def parse_args(argv=None):
     parser.add_argument('--config', help='method config (default: configs/<suite>/<method>_...)')
     parser.add_argument('--stock-config', help='stock config for merged checkpoints (default: '
                                                'the method config name without its method)')
-    parser.add_argument('--spt-budget', default='0.4M', help='SPT methods: trainable budget')
+    parser.add_argument('--spt-budget', default='0.4M',
+                        help='SPT methods, official protocol: the trainable budget of every task '
+                             '(the official scripts state no per-task budget)')
+    parser.add_argument('--spt-budget-grid', nargs='+',
+                        help='SPT methods, val protocol: budget candidates (default: the official '
+                             'sweep 0.2M 0.4M 0.6M 0.8M 1.0M)')
     parser.add_argument('--lr-grid', nargs='+', type=float, help='val protocol: lr candidates')
     parser.add_argument('--wd-grid', nargs='+', type=float, help='val protocol: wd candidates')
     parser.add_argument('--epochs', type=int,
@@ -251,6 +266,13 @@ class Harness:
         self.stock_config = osp.abspath(args.stock_config or osp.join(
             osp.dirname(self.config), name.split('_', 1)[1]))
         self.mergeable = args.method in MERGEABLE
+        self.spt = args.method.startswith('spt')
+        self.budget_grid = list(args.spt_budget_grid or spt_budgets.OFFICIAL_GRID)
+        for budget in [args.spt_budget] + self.budget_grid:
+            try:
+                parse_budget(budget)
+            except ValueError as err:
+                raise SystemExit(f'SPT budget: {err}') from None
         self.data_root = osp.abspath(args.data_root)
         self.out = osp.abspath(osp.join(args.work_dir, self.suite.name, args.method,
                                         args.protocol))
@@ -263,9 +285,29 @@ class Harness:
         return dict(recipe=recipe.to_dict() if recipe else None, config=self.config,
                     stock_config=self.stock_config, protocol=self.args.protocol,
                     cfg_options=self.args.cfg_options or {},
-                    spt_budget=self.args.spt_budget if self.args.method.startswith('spt')
-                    else None, lr_grid=self.args.lr_grid, wd_grid=self.args.wd_grid,
+                    spt_budget=self.budget_signature(task),
+                    lr_grid=self.args.lr_grid, wd_grid=self.args.wd_grid,
                     world_size=self.args.gpus, amp=self.args.amp)
+
+    def budget_signature(self, task):
+        if not self.spt:
+            return None
+        budgets = self.budgets(task)[0]
+        return budgets if self.args.protocol == 'val' else budgets[0]
+
+    def budgets(self, task):
+        """``(candidates, source)`` of SPT's budget on ``task`` under the protocol
+        (:mod:`mmssf.benchmarks.spt_budgets`); ``([None], '')`` for other methods."""
+        if not self.spt:
+            return [None], ''
+        if self.args.protocol == 'val':
+            sel_eval = self.suite.splits['select'][1]
+            default = self.budget_grid == list(spt_budgets.OFFICIAL_GRID)
+            return list(self.budget_grid), (
+                f'selected on {sel_eval} from {" ".join(self.budget_grid)}'
+                + (f' ({spt_budgets.GRID_SOURCE})' if default else ' (--spt-budget-grid)'))
+        budget, source = spt_budgets.official_budget(task, self.args.spt_budget)
+        return [budget], source
 
     def write_configs(self, run_dir, task, train_split, eval_split, recipe, lr, wd):
         spt = (osp.join(run_dir, 'spt', 'allocation.json')
@@ -290,7 +332,7 @@ class Harness:
         return train_cfg, stock_cfg, spt, cfg
 
     # -- one training + test
-    def run(self, task, name, train_split, eval_split, lr, wd):
+    def run(self, task, name, train_split, eval_split, lr, wd, budget=None):
         args, recipe = self.args, self.recipes[self.args.method][task]
         run_dir = osp.join(self.out, task, name)
         done = osp.join(run_dir, 'run_result.json')
@@ -306,9 +348,9 @@ class Harness:
         if missing:  # (before SPT's scoring and training, not a FileNotFoundError inside them)
             raise SystemExit(f'{task}/{name}: {missing}')
         if spt and not osp.isfile(spt):
-            log(f'{task}/{name}: SPT sensitivity + allocation ({args.spt_budget})')
+            log(f'{task}/{name}: SPT sensitivity + allocation ({budget})')
             run_tool(args, ['tools/analysis_tools/spt_sensitivity.py', train_cfg,
-                            '--budget', str(args.spt_budget)], logf)
+                            '--budget', str(budget)], logf)
         final = osp.join(run_dir, f'epoch_{recipe.epochs}.pth')
         if not osp.isfile(final):
             resume = osp.isfile(osp.join(run_dir, 'last_checkpoint'))
@@ -319,6 +361,8 @@ class Harness:
         result = dict(task=task, run=name, train_split=train_split, eval_split=eval_split,
                       lr=lr, weight_decay=wd, epochs=recipe.epochs, checkpoint=final,
                       trainable_params=trainable_params(final))
+        if budget is not None:
+            result['spt_budget'] = budget
         if self.mergeable:
             # merged offline from the checkpoint's weights (with a weight EMA: the EMA weights,
             # which the checkpoint holds and tools/test.py evaluates)
@@ -373,24 +417,30 @@ class Harness:
         except (ValueError, FileNotFoundError) as err:
             raise SystemExit(f'{self.suite.title} {task}: {err}') from None
 
-        chosen, selection = (recipe.lr, recipe.weight_decay), []
+        budgets, budget_source = self.budgets(task)
+        chosen, selection = (budgets[0], recipe.lr, recipe.weight_decay), []
         if args.protocol == 'val':
             sel_train, sel_eval = self.suite.splits['select']
             lrs = args.lr_grid or recipe.lr_grid or (recipe.lr, )
             wds = args.wd_grid or recipe.wd_grid or (recipe.weight_decay, )
-            for lr in lrs:
-                for wd in wds:
-                    res = self.run(task, f'select_lr{lr:g}_wd{wd:g}', sel_train, sel_eval, lr,
-                                   wd)
-                    selection.append(dict(lr=lr, weight_decay=wd, accuracy=res['accuracy']))
+            for budget in budgets:  # (SPT: the budget is one more grid; others: [None])
+                for lr in lrs:
+                    for wd in wds:
+                        name = 'select_' + (f'b{budget}_' if budget else '') + f'lr{lr:g}_wd{wd:g}'
+                        res = self.run(task, name, sel_train, sel_eval, lr, wd, budget)
+                        selection.append(dict(lr=lr, weight_decay=wd, accuracy=res['accuracy'],
+                                              **({'spt_budget': budget} if budget else {})))
             best = max(selection, key=lambda s: s['accuracy'])  # first of equals
-            chosen = (best['lr'], best['weight_decay'])
-            log(f'{task}: chose lr {chosen[0]:g}, wd {chosen[1]:g} on {sel_eval} '
-                f'({best["accuracy"]:.2f})')
-        final = self.run(task, 'final', official_train, test_split, *chosen)
+            chosen = (best.get('spt_budget'), best['lr'], best['weight_decay'])
+            log(f'{task}: chose ' + (f'budget {chosen[0]}, ' if chosen[0] else '')
+                + f'lr {chosen[1]:g}, wd {chosen[2]:g} on {sel_eval} ({best["accuracy"]:.2f})')
+        final = self.run(task, 'final', official_train, test_split, chosen[1], chosen[2],
+                         chosen[0])
         result = dict(final, suite=self.suite.name, method=args.method,
                       protocol=args.protocol, selection=selection, signature=signature,
                       recipe_source=recipe.source)
+        if self.spt:
+            result.update(spt_budget=chosen[0], spt_budget_source=budget_source)
         write_json_atomic(result_file, result)
         return result
 
@@ -432,8 +482,9 @@ class Harness:
             model_cfg = cfg.model.copy()
             model_cfg.backbone.init_cfg = None
             if spt:
+                budgets, source = self.budgets(task)
                 log(f'{task}: SPT needs its allocation (spt_sensitivity.py on the data); '
-                    'config written, model not built')
+                    f'config written, model not built | budget {" / ".join(budgets)}: {source}')
                 continue
             init_default_scope(cfg.get('default_scope', 'mmpretrain'))
             model = MODELS.build(model_cfg)
