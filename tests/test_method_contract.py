@@ -20,7 +20,8 @@ SPT_KIND = {'SPTLoRA': 'lora', 'SPTAdapter': 'adapter'}
 SIGNATURE_VALUES = {'patch_merging': ('mmpretrain_swin', True),
                     'pool_prompts': ('mmpretrain_swin', False),
                     'shared_qkv_dropout': ('mmpretrain_vit', False),
-                    'cls_token': ('mmpretrain_vit', False)}
+                    'cls_token': ('mmpretrain_vit', False),
+                    'supernet': ('mmpretrain_vit', True)}
 TARGETS = {'Mona': ['layers.0'], 'VPTShallow': ['layers.0'], 'VPTDeep': ['layers.0']}
 
 

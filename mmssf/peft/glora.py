@@ -21,7 +21,18 @@ support per layer and forward, then an evolutionary search under a parameter lim
 gets the unit options ``A`` ... ``E`` (default: the largest support, lora / lora / lora / vector /
 vector). A damaged file, one of another format or one made for another backbone is refused with
 a message naming the file and the difference.
+
+Supernet mode (``GLoRA(supernet=True)``, the first step of the search; official
+``SuperScalableLinear``): every tuned Linear holds the largest supports' tensors (A, B, C as
+rank-r products, D, E as vectors) and each forward of a layer uses one support drawn uniformly
+from the search space (the official draws one of the 432 configurations per layer per forward),
+the smaller supports read as the official ``prepare_path`` reads them from the largest tensors:
+``'vector'`` of A / B / C is the first column of the down factor (``X_d[:, :1]``),
+``'constant'`` its first entry (``X_d[0, 0]``; D / E: ``X[0]``). :meth:`GLoRA.set_supports`
+fixes one support per layer (the search's evaluation of a candidate; official ``eval_config``)
+and ``set_supports(None)`` returns to drawing. A supernet does not merge.
 """
+import random
 import json
 import os
 import os.path as osp
@@ -45,6 +56,8 @@ CHOICES = dict(A=('lora', 'vector', 'constant', 'none'), B=('lora', 'vector', 'c
                E=('constant', 'none', 'vector'))
 TENSORS = tuple(CHOICES)
 FORMAT = 'mmssf-glora-support'
+#: the support whose tensors hold every other (the default and the supernet's)
+LARGEST = dict(A='lora', B='lora', C='lora', D='vector', E='vector')
 FORMAT_VERSION = 1
 
 
@@ -83,9 +96,8 @@ class GLoRAUnit(PeftUnit):
     """One Linear (or fused in-projection) with fixed supports for A ... E (see module doc)."""
     option_spec = dict(
         r=Option(4, int, min=1, doc="rank of the 'lora' supports (official supernet: 4)"),
-        **{name: Option(('lora', 'lora', 'lora', 'vector', 'vector')[i], str,
-                        choices=CHOICES[name], doc=f'support of {name}')
-           for i, name in enumerate(TENSORS)})
+        **{name: Option(LARGEST[name], str, choices=CHOICES[name], doc=f'support of {name}')
+           for name in TENSORS})
     prefixes = ('glora_', )
 
     @classmethod
@@ -96,13 +108,15 @@ class GLoRAUnit(PeftUnit):
     @classmethod
     def num_params(cls, module, r, row_blocks=1):
         fan_in, fan_out = in_out_features(module)
-        return layer_cost(dict(A='lora', B='lora', C='lora', D='vector', E='vector'),
-                          fan_in, fan_out // row_blocks, r)
+        return layer_cost(LARGEST, fan_in, fan_out // row_blocks, r)
 
     def config(self) -> Dict[str, str]:
         return {name: getattr(self.opts, name) for name in TENSORS}
 
     def attach(self):
+        #: supernet mode: the support of the next forward (None: draw one per forward)
+        self.supernet = bool(getattr(self.method, 'supernet', False))
+        self.fixed_support: Optional[Dict[str, str]] = None
         self.fan_in, self.fan_out = in_out_features(self.module)
         self.w_name, self.b_name = weight_and_bias_names(self.module)
         self.has_bias = getattr(self.module, self.b_name, None) is not None
@@ -123,26 +137,50 @@ class GLoRAUnit(PeftUnit):
                 self.add_parameter(key, torch.zeros(1))
         self.add_weight_transform('glora', (self.w_name, self.b_name), self.reparameterize)
 
-    def tensor(self, name: str) -> Optional[torch.Tensor]:
-        """A, B, C, D or E as the official ``prepare_path`` builds it (None for 'none')."""
-        kind = getattr(self.opts, name)
+    def tensor(self, name: str, kind: Optional[str] = None) -> Optional[torch.Tensor]:
+        """A, B, C, D or E as the official ``prepare_path`` builds it (None for 'none'); in
+        supernet mode ``kind`` is read from the largest tensors (see the module doc)."""
+        if kind is None:
+            kind = getattr(self.opts, name)
         if kind == 'none':
             return None
+        if self.supernet and name in 'ABC':
+            down = getattr(self.module, f'glora_{name}_d')
+            if kind == 'vector':
+                return down[:, :1]
+            if kind == 'constant':
+                return down[0, 0]
+        elif self.supernet and kind == 'constant':
+            return getattr(self.module, f'glora_{name}')[0]
         if kind == 'lora':
             return getattr(self.module, f'glora_{name}_d') @ getattr(self.module, f'glora_{name}_u')
         return getattr(self.module, f'glora_{name}')
 
-    def effective(self, weight, bias):
-        return glora_weight_and_bias(weight, bias, *(self.tensor(n) for n in TENSORS))
+    def draw_support(self) -> Dict[str, str]:
+        """One support drawn uniformly from the search space (the official ``random.choice``
+        over the 432 configurations; seeded by the runner's ``random`` seed)."""
+        return {name: random.choice(CHOICES[name]) for name in TENSORS}
+
+    def effective(self, weight, bias, support: Optional[Dict[str, str]] = None):
+        support = support or {}
+        return glora_weight_and_bias(weight, bias,
+                                     *(self.tensor(n, support.get(n)) for n in TENSORS))
 
     def reparameterize(self, module, params):
-        weight, bias = self.effective(params[self.w_name], params[self.b_name])
+        support = None
+        if self.supernet:
+            support = self.fixed_support or self.draw_support()
+        weight, bias = self.effective(params[self.w_name], params[self.b_name], support)
         out = {self.w_name: weight}
         if bias is not None:  # (a bias-free Linear with E / C trains with one; merge refuses)
             out[self.b_name] = bias
         return out
 
     def merge_blocker(self):
+        if self.supernet:
+            return (f'GLoRA on {self.name} is a supernet (a support drawn per forward), which has '
+                    f'no single weight to merge: search a support with '
+                    f'tools/analysis_tools/glora_search.py and train GLoRA(support=FILE)')
         extra = [n for n in 'CE' if getattr(self.opts, n) != 'none']
         if not self.has_bias and extra:
             return (f'GLoRA on {self.name}: {" and ".join(extra)} add a bias, which this Linear '
@@ -271,6 +309,9 @@ class GLoRA(PeftMethod):
             (its layers and supports; then ``targets``, ``r`` and ``A`` ... ``E`` come from the
             file and may not be given). None: every target gets the unit options below.
         targets: default ``('qkv', 'proj', 'fc1', 'fc2')``.
+        supernet: the search's supernet (see the module doc): the largest supports' tensors,
+            one support drawn per layer and forward; ``A`` ... ``E`` and ``support`` may not be
+            given. Trained and searched by ``tools/analysis_tools/glora_search.py``.
     """
     unit_cls = GLoRAUnit
     default_targets = ('qkv', 'proj', 'fc1', 'fc2')
@@ -278,8 +319,18 @@ class GLoRA(PeftMethod):
                       count='per support: lora r·(rows + cols), vector rows, constant 1 '
                             '(Chavan et al. 2023, official get_param)')
 
-    def __init__(self, support: Optional[str] = None, targets=None, **options):
+    def __init__(self, support: Optional[str] = None, targets=None, supernet: bool = False,
+                 **options):
         super().__init__(targets=targets, **options)
+        if not isinstance(supernet, bool):
+            raise OptionError(f'GLoRA: supernet must be True or False, got {supernet!r}')
+        if supernet:
+            given = sorted(set(options) & set(TENSORS)) + (['support'] if support else [])
+            if given:
+                raise OptionError(f'GLoRA: supernet=True holds the largest supports and draws '
+                                  f'one per forward; {", ".join(given)} cannot be given with it '
+                                  f'(drop them, or drop supernet=)')
+        self.supernet = supernet
         self.support = support
         self.support_file: Optional[GLoRASupport] = None
         if support is not None:
@@ -306,9 +357,40 @@ class GLoRA(PeftMethod):
             if not GLoRAUnit.can_wrap(unit.module):
                 raise OptionError(f'GLoRA tunes Linear layers (and fused in-projections), not '
                                   f'{unit.name} ({type(unit.module).__name__})')
+            if self.supernet and unit.config() != LARGEST:
+                raise OptionError(f'GLoRA: supernet=True holds the largest supports '
+                                  f'{LARGEST} on every layer; {unit.name} was given '
+                                  f'{unit.config()} (drop its per-target A ... E)')
         return units
+
+    def set_supports(self, supports: Optional[Dict[str, Dict[str, str]]]) -> None:
+        """Supernet: fix each layer's support (``{module name: dict(A=, ..., E=)}``, every
+        tuned layer named; the official ``eval_config``), or ``None`` to draw per forward."""
+        if not self.supernet:
+            raise ValueError('GLoRA.set_supports: only a supernet (GLoRA(supernet=True)) switches '
+                             'supports; a fixed-support GLoRA reads them from its support file')
+        names = [u.name for u in self.units]
+        if supports is not None:
+            if set(supports) != set(names):
+                missing = sorted(set(names) - set(supports))
+                extra = sorted(set(supports) - set(names))
+                raise ValueError(f'GLoRA.set_supports: supports must name every tuned layer; '
+                                 f'missing {missing[:4]}, unknown {extra[:4]}')
+            for name, config in supports.items():
+                if set(config) != set(TENSORS) or any(config[k] not in CHOICES[k]
+                                                      for k in TENSORS):
+                    raise ValueError(f'GLoRA.set_supports: {name}: {config!r} is not a support '
+                                     f'(A ... E from {CHOICES})')
+        for unit in self.units:
+            unit.fixed_support = None if supports is None else dict(supports[unit.name])
+
+    def layers(self) -> Dict[str, List[int]]:
+        """``{module name: [in, out]}`` of every tuned layer (the search's cost model)."""
+        return {u.name: [u.fan_in, u.fan_out] for u in self.units}
 
     def describe(self):
         out = super().describe()
         out['support'] = self.support
+        if self.supernet:
+            out['supernet'] = True
         return out
