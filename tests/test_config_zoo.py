@@ -9,7 +9,8 @@ small dims and run once (the full-size builds take about a minute on 2 cores: ru
 ``count_params.py`` on them by hand; the READMEs list the counts it printed).
 
 SPT configs need ``work_dirs/spt_allocations/<config>/allocation.json`` from
-``spt_sensitivity.py`` (pretrained weights + data). Where it is missing, count_params.py must
+``spt_sensitivity.py`` (pretrained weights + data), GLoRA configs
+``work_dirs/glora_supports/<config>/glora_support.json`` from ``glora_search.py``. Where it is missing, count_params.py must
 fail with a message naming that command (checked); the small dense backbones get a random
 allocation made here instead.
 """
@@ -67,12 +68,26 @@ def is_spt(path):
     return prefix(path).startswith('spt-')
 
 
+def is_glora(path):
+    return prefix(path) == 'glora'
+
+
 def allocation_path(path):
+    if is_glora(path):
+        return f'work_dirs/glora_supports/{stem(path)}/glora_support.json'
     return f'work_dirs/spt_allocations/{stem(path)}/allocation.json'
 
 
+def allocation_command(path):
+    """The command that writes the file an SPT / GLoRA config reads."""
+    if is_glora(path):
+        return f'glora_search.py {path} --params 0.3M'
+    return f'spt_sensitivity.py {path} --budget 0.4M'
+
+
 def allocation_missing(path):
-    return is_spt(path) and not osp.isfile(osp.join(ROOT, allocation_path(path)))
+    return (is_spt(path) or is_glora(path)) and \
+        not osp.isfile(osp.join(ROOT, allocation_path(path)))
 
 
 def _load_count_tool():
@@ -127,6 +142,8 @@ def test_config_parses_with_the_peft_lines(parsed, path):
     assert backbone.peft.type in PEFT_OF_PREFIX[prefix(path)]
     if is_spt(path):
         assert backbone.peft.allocation == allocation_path(path)
+    if is_glora(path):
+        assert backbone.peft.support == allocation_path(path)
     assert cfg.optim_wrapper.constructor == 'mmssf.PeftOptimWrapperConstructor'
     hooks = [h['type'] for h in cfg.custom_hooks]
     assert 'mmssf.ReparamCheckpointHook' in hooks and 'mmssf.TrainableParamsReportHook' in hooks
@@ -257,7 +274,7 @@ def test_cifar100_models_build_without_weights(cifar_report):
     for path in CIFAR:
         if path in missing:  # the clear message, with the command that writes the file
             assert f'error: {path}: ' in result.stderr
-            assert f'spt_sensitivity.py {path} --budget 0.4M' in result.stderr
+            assert allocation_command(path) in result.stderr
             assert allocation_path(path) in result.stderr
             continue
         assert path in sections, f'{path}: no report\n{result.stderr[-3000:]}'

@@ -178,7 +178,7 @@ class FacTTT(_FacT):
         scale per task (``FacT/configs/tt/*.yaml``; CIFAR-100: r = 8, scale = 1).
     """
     unit_cls = FacTUnit
-    card = MethodCard(label='FacT-TT (r=8)',
+    card = MethodCard(zoo='fact-tt', folder='fact', label='FacT-TT (r=8)',
                       count='2·D·d shared + a·b·d² per weight (Jie & Deng 2023)')
 
 
@@ -192,7 +192,7 @@ class FacTTK(_FacT):
         One C and P per token width (Swin: per stage).
     """
     unit_cls = FacTTKUnit
-    card = MethodCard(label='FacT-TK (r=32)',
+    card = MethodCard(zoo='fact-tk', folder='fact', label='FacT-TK (r=32)',
                       count='2·D·d + d³ + d·slots shared (Jie & Deng 2023)')
 
     def after_attach(self, backbone):

@@ -315,7 +315,7 @@ class GLoRA(PeftMethod):
     """
     unit_cls = GLoRAUnit
     default_targets = ('qkv', 'proj', 'fc1', 'fc2')
-    card = MethodCard(label='GLoRA (r=4, fixed support)',
+    card = MethodCard(zoo='glora', folder='glora', label='GLoRA (r=4, fixed support)',
                       count='per support: lora r·(rows + cols), vector rows, constant 1 '
                             '(Chavan et al. 2023, official get_param)')
 

@@ -109,7 +109,8 @@ class MissingAllocation(RuntimeError):
 
 
 def check_spt_allocation(model_cfg, config_path):
-    """Raise :class:`MissingAllocation` when an SPT method's ``allocation`` file does not exist."""
+    """Raise :class:`MissingAllocation` when an SPT method's ``allocation`` file (or GLoRA's
+    ``support`` file) does not exist."""
 
     def walk(node):
         if isinstance(node, dict):
@@ -124,6 +125,15 @@ def check_spt_allocation(model_cfg, config_path):
                     f'sensitivity analysis first (it writes that file):\n'
                     f'    python tools/analysis_tools/spt_sensitivity.py {config_path} '
                     f'--budget 0.4M')
+            support = node.get('support')
+            if isinstance(support, str) and osp.isdir(support):
+                support = osp.join(support, 'glora_support.json')
+            if kind == 'GLoRA' and isinstance(support, str) and not osp.isfile(support):
+                raise MissingAllocation(
+                    f'GLoRA needs the support file {support!r}, which does not exist. Run the '
+                    f'supernet training and search first (it writes that file):\n'
+                    f'    python tools/analysis_tools/glora_search.py {config_path} '
+                    f'--params 0.3M')
             for value in node.values():
                 walk(value)
         elif isinstance(node, (list, tuple)):
