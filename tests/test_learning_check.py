@@ -19,7 +19,11 @@ paid twice, not forty times (the check must fit in about 3 minutes on 2 cores). 
 one per method, chosen once on this task (not per run). Measured: linear 59.2, ssf 78.0,
 bitfit 72.0, lora 78.0, rlrr 79.3, adapter 78.2, vpt-deep 69.4, vpt-shallow 66.1, spt-lora
 79.1, spt-adapter 81.1, full 81.5; SSF with the PEFT parameters dropped from the optimizer 56.4.
-AdaptFormer-8 (added later): 78.6 against the linear probe's 63.0 in the same run.
+AdaptFormer-8 (added later): 78.6 against the linear probe's 63.0 in the same run. The zoo
+methods outside the VTAB-1k suite (``OUTSIDE``: their PEFT lines on the suite's stock config,
+written here) and their first measure, against the linear probe's 59.2: Adapter+ 76.7, FacT-TT
+(d=8) 80.8, FacT-TK (d=8) 78.4, GLoRA 75.6 (its support searched first by ``glora_search.py``:
+supernet with this recipe, 2 search rounds scored on val200, under 8k parameters).
 Cost: ~170 s of CPU time in all (two single-thread drivers: ~1.5 min on 2 idle cores; 4 min on
 a 2-core machine shared with other jobs).
 """
@@ -62,8 +66,40 @@ RECIPES = {
 #: in the order above (the two drivers split the runs by position)
 METHODS = {prefix: (prefix, ) + recipe for prefix, recipe in RECIPES.items()
            if prefix in suite_methods('vtab1k')}
+#: zoo methods outside the VTAB-1k suite -> (lr, peft dict): each runs from a config written here
+#: as a suite method config is (the suite's stock config + its PEFT lines)
+OUTSIDE = {
+    'adapterplus': (0.03, dict(type='AdapterPlus')),
+    'fact-tt': (0.03, dict(type='FacTTT', r=8, scale=1.0)),
+    'fact-tk': (0.03, dict(type='FacTTK', r=8, scale=1.0)),
+    'glora': (0.01, dict(type='GLoRA')),  # (its support: glora_search.py, below)
+}
+METHODS.update({prefix: (prefix, ) + recipe for prefix, recipe in OUTSIDE.items()})
 MERGEABLE = tuple(prefix for prefix in METHODS if zoo_methods()[prefix].mergeable)
 SPT_BUDGET = '6k'
+GLORA_LIMIT = '8k'  # (the tiny ViT's largest supports: 25k)
+SUITE_STYLE = """_base_ = {base!r}
+custom_imports = dict(imports=['mmssf'], allow_failed_imports=False)
+model = dict(backbone=dict(type='mmssf.PeftBackbone', stock_type='VisionTransformer',
+                           peft={peft!r}))
+optim_wrapper = dict(constructor='mmssf.PeftOptimWrapperConstructor')
+custom_hooks = [dict(type='mmssf.ReparamCheckpointHook'),
+                dict(type='mmssf.TrainableParamsReportHook')]
+vtab1k = dict(type='mmssf.VTAB1k')
+train_dataloader = dict(dataset=vtab1k)
+test_dataloader = dict(dataset=vtab1k)
+"""
+#: GLoRA's search scores its candidates on the val split (val200), as the official on val
+GLORA_SEARCH = """_base_ = {base!r}
+val_dataloader = dict(_delete_=True, batch_size=256, num_workers=0, persistent_workers=False,
+                      dataset=dict(type='CustomDataset', data_root={task!r},
+                                   ann_file='val200.txt',
+                                   pipeline=[dict(type='LoadImageFromFile'),
+                                             dict(type='PackInputs')]))
+val_evaluator = dict(_delete_=True, type='Accuracy', topk=(1, ))
+val_cfg = dict(_delete_=True)
+train_cfg = dict(val_interval={epochs})
+"""
 
 
 def digits():
@@ -196,6 +232,10 @@ def test_every_suite_method_has_a_learning_recipe():
     missing = sorted(set(suite_methods('vtab1k')) - set(RECIPES))
     assert not missing, f'no learning-check recipe (lr, options) for {missing}'
     assert set(RECIPES) <= set(suite_methods('vtab1k')), set(RECIPES) - set(suite_methods('vtab1k'))
+    # the methods outside the suite run here from their own PEFT lines; one joining the suite
+    # moves to RECIPES (its suite config)
+    assert not set(OUTSIDE) & set(suite_methods('vtab1k')), set(OUTSIDE) & set(RECIPES)
+    assert set(OUTSIDE) <= set(zoo_methods())
 
 
 def test_every_method_learns_beyond_the_linear_probe(tmp_path):
@@ -208,6 +248,13 @@ def test_every_method_learns_beyond_the_linear_probe(tmp_path):
     runs, spt_jobs = {}, {}
     for name, (prefix, lr, peft) in METHODS.items():
         base = osp.join(ROOT, f'configs/vtab1k/{prefix}_vit-base-p16_in21k-pre_vtab1k.py')
+        if name in OUTSIDE:
+            if name == 'glora':
+                peft = dict(peft, support=str(tmp_path / name / 'glora' / 'glora_support.json'))
+            base = str(tmp_path / f'{name}_suite_style.py')
+            with open(base, 'w') as f:
+                f.write(SUITE_STYLE.format(base=stock_base, peft=peft))
+            peft = {}
         if name.startswith('spt'):
             peft = dict(peft, allocation=str(tmp_path / name / 'spt' / 'allocation.json'))
         cfg = write_config(str(tmp_path / f'{name}.py'), base, task, pretrained, lr, peft)
@@ -215,6 +262,13 @@ def test_every_method_learns_beyond_the_linear_probe(tmp_path):
         if name.startswith('spt'):
             spt_jobs[name] = [['tools/analysis_tools/spt_sensitivity.py', cfg, '--budget',
                                SPT_BUDGET, '--samples', '200', '--rank', '2']]
+        if name == 'glora':  # supernet (this recipe) + a short search, then the found support
+            search = str(tmp_path / 'glora_search.py')
+            with open(search, 'w') as f:
+                f.write(GLORA_SEARCH.format(base=cfg, task=task, epochs=EPOCHS))
+            spt_jobs[name] = [['tools/analysis_tools/glora_search.py', search, '--params',
+                               GLORA_LIMIT, '--epochs', '2', '--population', '8', '--select',
+                               '4', '--mutation', '4', '--crossover', '4']]
         runs[name] = (cfg, work)
     broken_extra = ("custom_imports = dict(imports=['mmssf', 'broken_constructor'], "
                     "allow_failed_imports=False)\n"
