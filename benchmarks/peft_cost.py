@@ -104,6 +104,9 @@ GOALS = {
     # (issue 20: each new method below full fine-tuning in step time)
     'adaptformer': [('time', 'time < 1', lambda r: r < 1.0)],
     'adapterplus': [('time', 'time < 1', lambda r: r < 1.0)],
+    'fact_tt': [('time', 'time < 1', lambda r: r < 1.0)],
+    'fact_tk': [('time', 'time < 1', lambda r: r < 1.0)],
+    'glora': [('time', 'time < 1', lambda r: r < 1.0)],  # (its default: the largest support)
 }
 MERGE_TOL = 0.05  # merged / stock inference time counts as 1.00 within +-5 % (timing noise)
 #: set by main() from --device / --depth (the child processes get them on their command line)
