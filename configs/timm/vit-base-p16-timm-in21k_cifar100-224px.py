@@ -15,6 +15,6 @@ model = dict(
                   model_name='vit_base_patch16_224.augreg_in21k', checkpoint_path=checkpoint,
                   drop_rate=0.0, drop_path_rate=0.0),
     # TIMMBackbone returns all tokens after the final norm; pool the class token as timm's head
-    neck=dict(type='mmssf.TimmViTPool', pool='token'),
+    neck=dict(_delete_=True, type='mmssf.TimmViTPool', pool='token'),
     # (the base's loss, label smoothing 0.1; no pre-logits layer: 76,900 parameters)
     head=dict(type='LinearClsHead', num_classes=100, in_channels=768))

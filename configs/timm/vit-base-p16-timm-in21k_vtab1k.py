@@ -14,5 +14,5 @@ model = dict(
     backbone=dict(_delete_=True, type='TIMMBackbone',
                   model_name='vit_base_patch16_224.augreg_in21k', checkpoint_path=checkpoint,
                   drop_rate=0.0, drop_path_rate=0.0),
-    neck=dict(type='mmssf.TimmViTPool', pool='token'),
+    neck=dict(_delete_=True, type='mmssf.TimmViTPool', pool='token'),
     head=dict(type='LinearClsHead', in_channels=768))
