@@ -171,6 +171,9 @@ val_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False,
                       dataset=dict(data_root={data!r}, pipeline=test_pipeline))
 test_dataloader = val_dataloader
 train_cfg = dict(max_iters=1, val_interval=1)
+# (one step large enough to move the merged weights: no warm-up)
+optim_wrapper = dict(optimizer=dict(lr=1e-2))
+param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False, begin=0, end=1)]
 default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=1))
 randomness = dict(seed=0)
 '''
@@ -204,7 +207,17 @@ def test_dinov2_upernet_lora_trains_and_its_merged_checkpoint_evaluates_under_th
     assert 'trainable params:' in log
     merged = torch.load(work / 'iter_1_merged.pth', weights_only=True)
     assert not any(methods_of_tensor(k) for k in merged['state_dict'])
-    assert merged['meta']['mmssf']['methods']['backbone']['type'] == 'LoRA'
+    # the Runner's init kept the DINOv2 file (frozen tensors equal it), LoRA moved qkv
+    merged_vit = {k[len('backbone.timm_model.model.'):]: v for k, v in
+                  merged['state_dict'].items() if k.startswith('backbone.timm_model.model.')}
+    pretrained = source.state_dict()
+    for key in ('blocks.0.mlp.fc1.weight', 'blocks.3.attn.proj.weight', 'cls_token', 'reg_token',
+                'pos_embed', 'patch_embed.proj.weight', 'blocks.2.ls1.gamma'):
+        assert torch.equal(merged_vit[key], pretrained[key]), key
+    qkv = merged_vit['blocks.0.attn.qkv.weight'] - pretrained['blocks.0.attn.qkv.weight']
+    assert qkv.abs().max() > 1e-6
+    # (keyed by the tuned module: the ViT inside both wrappers)
+    assert merged['meta']['mmssf']['methods']['backbone.timm_model.model']['type'] == 'LoRA'
     run_tool(['tools/test.py', configs['tuned'], str(work / 'iter_1.pth'), '--work-dir',
               str(tmp_path / 't1'), '--out', str(tmp_path / 'tuned.json')], env=device_env)
     run_tool(['tools/misc/eval_stock.py', configs['stock'], str(work / 'iter_1_merged.pth'),
