@@ -227,3 +227,29 @@ def test_dinov2_upernet_lora_trains_and_its_merged_checkpoint_evaluates_under_th
     assert tuned.keys() == stock.keys() and tuned
     for key in tuned:
         assert tuned[key] == pytest.approx(stock[key], abs=1e-6), key
+
+
+def test_run_table_dry_run_on_the_timm_backbone(tmp_path, capsys):
+    """The documented VTAB-1k run on timm (``run_table.py --config configs/timm/...``): the run
+    configs are written, the missing timm file is named with the option that points at it, and
+    the full-size timm ViT-B/16 + SSF on the 100-class cifar task counts 282,724 (the official
+    SSF count, as on the mmpretrain ViT)."""
+    import importlib.util
+
+    from mmssf.datasets import make_vtab1k
+    spec = importlib.util.spec_from_file_location(
+        'run_table', osp.join(ROOT, 'tools', 'benchmarks', 'run_table.py'))
+    run_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_table)
+    data = make_vtab1k(str(tmp_path / 'data'), tasks=('cifar', ), img_size=16)
+    run_table.main(['--suite', 'vtab1k', '--method', 'ssf', '--data-root', data, '--tasks',
+                    'cifar', '--work-dir', str(tmp_path), '--dry-run', '--config',
+                    osp.join(TIMM, VTAB_SSF)])
+    out = capsys.readouterr().out
+    assert 'cifar: ssf trainable params: 282,724 ||' in out
+    assert 'vit_base_patch16_224.augreg_in21k.safetensors do not exist' in out
+    assert 'model.backbone.checkpoint_path=FILE' in out
+    run = tmp_path / 'vtab1k/ssf/official/cifar/dry_run/configs'
+    stock = Config.fromfile(str(run / 'stock.py'))
+    assert stock.model.backbone.type == 'TIMMBackbone' and stock.model.head.num_classes == 100
+    assert Config.fromfile(str(run / 'train.py')).model.backbone.stock_type == 'TIMMBackbone'
