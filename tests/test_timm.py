@@ -284,3 +284,23 @@ def test_runner_init_keeps_the_checkpoint_mmseg_timm_backbone_features_only(tmp_
     _assert_holds(backbone.state_dict(), 'timm_model.model.', checkpoint)
     maps = backbone(torch.randn(1, 3, 28, 28))
     assert [tuple(m.shape) for m in maps] == [(1, 32, 2, 2)] * 2
+
+
+@pytest.mark.parametrize('name', ['vit', 'dinov2'])
+def test_timm_vit_pool_gives_timm_pre_logits_after_timm_backbone_reset(name):
+    """``TIMMBackbone`` resets timm's classifier and pooling (``reset_classifier(0, '')``): the
+    model returns every token; ``mmssf.TimmViTPool`` pools them as timm's ``forward_head`` does
+    (class token; DINOv2: after 4 registers, still token 0)."""
+    import copy
+
+    from mmssf.models import TimmViTPool
+    model, x = build(name)
+    with torch.no_grad():
+        expected = model.forward_head(model.forward_features(x), pre_logits=True)
+        wrapped = copy.deepcopy(model)
+        wrapped.reset_classifier(0, '')
+        tokens = wrapped(x)
+        assert tokens.dim() == 3 and tokens.shape[1] > 1
+        torch.testing.assert_close(TimmViTPool()((tokens, ))[0], expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"pool='cls' is no pooling; choose one of \('token', 'avg'\)"):
+        TimmViTPool(pool='cls')
