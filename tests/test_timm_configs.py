@@ -253,3 +253,18 @@ def test_run_table_dry_run_on_the_timm_backbone(tmp_path, capsys):
     stock = Config.fromfile(str(run / 'stock.py'))
     assert stock.model.backbone.type == 'TIMMBackbone' and stock.model.head.num_classes == 100
     assert Config.fromfile(str(run / 'train.py')).model.backbone.stock_type == 'TIMMBackbone'
+
+
+@pytest.mark.parametrize('name', TUNED)
+def test_count_params_switches_off_the_timm_weight_files(name):
+    """count_params.py builds without weights: a timm wrapper's ``checkpoint_path`` and
+    ``pretrained=True`` (with its local file) are dropped and named."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        'count_params', osp.join(ROOT, 'tools', 'analysis_tools', 'count_params.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    model = load(name).model.to_dict()
+    dropped = tool.drop_pretrained(model)
+    assert not model['backbone'].get('checkpoint_path') and not model['backbone'].get('pretrained')
+    assert any('.safetensors' in d for d in dropped), dropped
