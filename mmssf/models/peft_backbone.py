@@ -14,7 +14,6 @@ import logging
 import types
 
 import torch
-
 from mmengine.logging import MMLogger, print_log
 from mmengine.registry import MODELS as ROOT_MODELS
 
