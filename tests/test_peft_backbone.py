@@ -63,7 +63,8 @@ def test_runner_init_keeps_stock_tensors_a_peft_checkpoint_loaded(tmp_path):
         backbone=dict(type='mmssf.PeftBackbone', stock_type='VisionTransformer',
                       peft=dict(type='BitFit'), peft_checkpoint=str(tmp_path / 'bitfit.pth'),
                       arch=arch, img_size=32, patch_size=8,
-                      init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'pretrained.pth'))),
+                      init_cfg=dict(type='Pretrained',
+                                    checkpoint=str(tmp_path / 'pretrained.pth'))),
         head=dict(type='VisionTransformerClsHead', num_classes=5, in_channels=32)))
     model.init_weights()  # what Runner.train() does
     state = model.backbone.state_dict()

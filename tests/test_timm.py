@@ -302,5 +302,6 @@ def test_timm_vit_pool_gives_timm_pre_logits_after_timm_backbone_reset(name):
         tokens = wrapped(x)
         assert tokens.dim() == 3 and tokens.shape[1] > 1
         torch.testing.assert_close(TimmViTPool()((tokens, ))[0], expected, rtol=0, atol=0)
-    with pytest.raises(ValueError, match=r"pool='cls' is no pooling; choose one of \('token', 'avg'\)"):
+    with pytest.raises(ValueError,
+                       match=r"pool='cls' is no pooling; choose one of \('token', 'avg'\)"):
         TimmViTPool(pool='cls')

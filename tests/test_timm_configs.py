@@ -1,8 +1,8 @@
-"""configs/timm/: timm backbones in OpenMMLab configs — the SSF paper's CIFAR-100 setting on timm's
-ViT-B/16 ImageNet-21k (mmpretrain ``TIMMBackbone``), UperNet on DINOv2 ViT-B/14 with LoRA (mmseg
-``TIMMBackbone``, timm's multi-level features) and the VTAB-1k suite on the timm ViT-B/16. Every
-config parses; the tuned ones are their stock config plus the mmssf lines; the SSF count at full
-size is the official 282,724; every model builds small (no weights) and runs."""
+"""configs/timm/: timm backbones in OpenMMLab configs — the SSF paper's CIFAR-100 setting on
+timm's ViT-B/16 ImageNet-21k (mmpretrain ``TIMMBackbone``), UperNet on DINOv2 ViT-B/14 with LoRA
+(mmseg ``TIMMBackbone``, timm's multi-level features) and the VTAB-1k suite on the timm
+ViT-B/16. Every config parses; the tuned ones are their stock config plus the mmssf lines; the
+SSF count at full size is the official 282,724; every model builds small (no weights) and runs."""
 import copy
 import glob
 import os.path as osp
@@ -35,7 +35,8 @@ def load(name):
 def test_the_folder_holds_the_three_tuned_configs_and_their_stock_ones():
     assert CONFIGS == sorted(TUNED + list(STOCK.values()))
     for tuned, stock in STOCK.items():
-        assert load(tuned).filename and f"_base_ = './{stock}'" in open(osp.join(TIMM, tuned)).read()
+        with open(osp.join(TIMM, tuned)) as f:
+            assert f"_base_ = './{stock}'" in f.read()
 
 
 @pytest.mark.parametrize('name', TUNED)

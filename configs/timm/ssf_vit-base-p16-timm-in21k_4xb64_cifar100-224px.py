@@ -1,7 +1,8 @@
 # SSF (Lian et al. NeurIPS 2022) on timm's ViT-B/16 ImageNet-21k through mmpretrain.TIMMBackbone,
 # CIFAR-100 at 224 px: the SSF paper's own setting on its own model code (the official SSF code
 # tunes timm's vit_base_patch16_224_in21k). 282,724 trainable parameters (SSF 205,824 + head
-# 76,900), the official count. lr 1e-3, 4 GPUs x 64 images: train_scripts/vit/cifar_100/train_ssf.sh.
+# 76,900), the official count. lr 1e-3, 4 GPUs x 64 images: the official
+# train_scripts/vit/cifar_100/train_ssf.sh.
 # The ImageNet-21k weights come from a local file:
 #   --cfg-options model.backbone.checkpoint_path=/path/to/vit_base_patch16_224.augreg_in21k.npz
 _base_ = './vit-base-p16-timm-in21k_cifar100-224px.py'

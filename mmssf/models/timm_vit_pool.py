@@ -39,7 +39,7 @@ class TimmViTPool(BaseModule):
         self.num_prefix_tokens = int(num_prefix_tokens)
 
     def forward(self, inputs):
-        """``inputs``: the backbone's tuple of ``(B, N, C)`` token tensors -> tuple of ``(B, C)``."""
+        """``inputs``: the backbone's tuple of ``(B, N, C)`` tokens -> tuple of ``(B, C)``."""
         outs = []
         for tokens in inputs:
             if tokens.dim() != 3:
