@@ -35,7 +35,7 @@ COUNT_TOOL = 'tools/analysis_tools/count_params.py'
 METHOD_FOLDERS = zoo_folders()
 # shared stock bases; the `make demo` configs; the benchmark suites (one config per method and
 # suite, tested by test_benchmark_suites.py)
-NOT_METHOD_FOLDERS = ('_base_', 'demo', 'vtab1k', 'fgvc')
+NOT_METHOD_FOLDERS = ('_base_', 'demo', 'vtab1k', 'fgvc', 'timm')
 # config name prefix -> accepted peft types (every name the method is registered under)
 PEFT_OF_PREFIX = {prefix: tuple(config_names(cls)) for prefix, cls in zoo_methods().items()}
 PRETRAINED = {  # config family -> backbone checkpoint (dense Swin configs keep the stock URL)

@@ -204,3 +204,104 @@ def test_timm_backbone_loads_a_local_checkpoint_of_each_format_then_tunes(tmp_pa
     for key, value in source.state_dict().items():
         if not key.startswith('head'):  # (TIMMBackbone drops the classifier)
             torch.testing.assert_close(loaded[key], value, rtol=0, atol=1e-6, msg=key)
+
+
+# -- weights loaded in the wrapper's __init__ survive the Runner's init_weights ---------------
+DINO_TINY = dict(img_size=28, embed_dim=32, depth=4, num_heads=2, mlp_ratio=2.0)
+
+
+def _tiny_checkpoint(tmp_path, model_name, overrides, seed=3):
+    import timm
+    torch.manual_seed(seed)
+    source = timm.create_model(model_name, pretrained=False, **overrides)
+    for p in source.parameters():  # far from any init timm or a parent init_cfg would draw
+        p.data.uniform_(0.5, 1.5)
+    path = str(tmp_path / 'timm.pth')
+    torch.save(source.state_dict(), path)
+    return path, {k: v for k, v in source.state_dict().items() if not k.startswith('head')}
+
+
+def _assert_holds(state, prefix, checkpoint):
+    """Every checkpoint tensor the wrapped model kept (timm's feature wrapper prunes the final
+    norm) equals the checkpoint; every block tensor was kept."""
+    kept = [k for k in checkpoint if prefix + k in state]
+    assert {k for k in checkpoint if k.startswith('blocks.')} <= set(kept)
+    for key in kept:
+        assert torch.equal(state[prefix + key], checkpoint[key]), f'{prefix + key} was changed'
+
+
+@pytest.mark.parametrize('parent_init', [False, True], ids=['no-parent-init', 'parent-init'])
+@pytest.mark.parametrize('how', ['checkpoint_path', 'pretrained'])
+def test_runner_init_keeps_the_checkpoint_mmpretrain_timm_backbone_loaded(tmp_path, how,
+                                                                          parent_init):
+    """``TIMMBackbone`` loads ``checkpoint_path`` / ``pretrained`` weights in its ``__init__``
+    (and marks itself initialised); the Runner's ``model.init_weights()`` — after a classifier's
+    model-level init_cfg or not — must leave exactly those weights, never timm's random init.
+    PEFT tensors keep their values."""
+    from mmengine.registry import init_default_scope
+    from mmpretrain.registry import MODELS as MMPRETRAIN_MODELS
+    model_name, overrides, _ = MODELS['vit']
+    overrides = {k: v for k, v in overrides.items() if k != 'num_classes'}
+    path, checkpoint = _tiny_checkpoint(tmp_path, model_name, overrides)
+    source = (dict(checkpoint_path=path) if how == 'checkpoint_path' else
+              dict(pretrained=True, pretrained_cfg_overlay=dict(file=path, num_classes=1000)))
+    init_default_scope('mmpretrain')
+    model = MMPRETRAIN_MODELS.build(dict(
+        type='ImageClassifier',
+        backbone=dict(type='mmssf.PeftBackbone', stock_type='TIMMBackbone',
+                      model_name=model_name, peft=dict(type='SSF'), **source, **overrides),
+        neck=dict(type='mmssf.TimmViTPool'),
+        head=dict(type='LinearClsHead', num_classes=5, in_channels=32),
+        init_cfg=[dict(type='TruncNormal', layer='Linear', std=0.02, bias=0.),
+                  dict(type='Constant', layer='LayerNorm', val=1., bias=0.)]
+        if parent_init else None))
+    _assert_holds(model.backbone.state_dict(), 'timm_model.', checkpoint)
+    randomize_peft(model.backbone.timm_model)
+    ssf = {k: v.clone() for k, v in model.backbone.state_dict().items() if '.ssf_' in k}
+    model.init_weights()  # what Runner.train() does
+    state = model.backbone.state_dict()
+    _assert_holds(state, 'timm_model.', checkpoint)
+    assert ssf and all(torch.equal(state[k], v) for k, v in ssf.items())
+
+
+def test_runner_init_keeps_the_checkpoint_mmseg_timm_backbone_features_only(tmp_path):
+    """mmseg's ``TIMMBackbone`` (``features_only=True``: timm's ``FeatureGetterNet`` around the
+    ViT, multi-level maps from the chosen blocks) on a DINOv2 layout: tuned inside both wrappers,
+    and its ``pretrained`` weights (a local file) survive ``init_weights``."""
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS as MMSEG_MODELS
+    path, checkpoint = _tiny_checkpoint(tmp_path, 'vit_base_patch14_reg4_dinov2', DINO_TINY)
+    init_default_scope('mmseg')
+    backbone = MMSEG_MODELS.build(dict(
+        type='mmssf.PeftBackbone', stock_type='TIMMBackbone',
+        model_name='vit_base_patch14_reg4_dinov2', features_only=True, out_indices=(1, 3),
+        pretrained=True, pretrained_cfg_overlay=dict(file=path), peft=dict(type='LoRA', r=2),
+        **DINO_TINY))
+    inner = backbone.timm_model.model
+    assert type(inner).__name__ == 'VisionTransformer' and get_peft(inner) is not None
+    _assert_holds(backbone.state_dict(), 'timm_model.model.', checkpoint)
+    backbone.init_weights()  # what the Runner's model.init_weights() does to its backbone
+    _assert_holds(backbone.state_dict(), 'timm_model.model.', checkpoint)
+    maps = backbone(torch.randn(1, 3, 28, 28))
+    assert [tuple(m.shape) for m in maps] == [(1, 32, 2, 2)] * 2
+
+
+@pytest.mark.parametrize('name', ['vit', 'dinov2'])
+def test_timm_vit_pool_gives_timm_pre_logits_after_timm_backbone_reset(name):
+    """``TIMMBackbone`` resets timm's classifier and pooling (``reset_classifier(0, '')``): the
+    model returns every token; ``mmssf.TimmViTPool`` pools them as timm's ``forward_head`` does
+    (class token; DINOv2: after 4 registers, still token 0)."""
+    import copy
+
+    from mmssf.models import TimmViTPool
+    model, x = build(name)
+    with torch.no_grad():
+        expected = model.forward_head(model.forward_features(x), pre_logits=True)
+        wrapped = copy.deepcopy(model)
+        wrapped.reset_classifier(0, '')
+        tokens = wrapped(x)
+        assert tokens.dim() == 3 and tokens.shape[1] > 1
+        torch.testing.assert_close(TimmViTPool()((tokens, ))[0], expected, rtol=0, atol=0)
+    with pytest.raises(ValueError,
+                       match=r"pool='cls' is no pooling; choose one of \('token', 'avg'\)"):
+        TimmViTPool(pool='cls')

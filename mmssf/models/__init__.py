@@ -1,3 +1,4 @@
 from .peft_backbone import PeftBackbone
+from .timm_vit_pool import TimmViTPool
 
-__all__ = ['PeftBackbone']
+__all__ = ['PeftBackbone', 'TimmViTPool']

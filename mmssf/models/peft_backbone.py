@@ -13,6 +13,7 @@ tune (``...attn.w_msa.qkv.ssf_scale``).
 import logging
 import types
 
+import torch
 from mmengine.logging import MMLogger, print_log
 from mmengine.registry import MODELS as ROOT_MODELS
 
@@ -37,15 +38,22 @@ def PeftBackbone(stock_type, peft, peft_checkpoint=None, **stock_kwargs):
     Runner's test path never calls ``init_weights``; freezing happens here too, before the Runner
     wraps the model in DDP, so ``find_unused_parameters`` is never needed.
     """
-    backbone = ROOT_MODELS.build(dict(type=stock_type, **stock_kwargs))
+    def build_stock():
+        return ROOT_MODELS.build(dict(type=stock_type, **stock_kwargs))
+
+    backbone = build_stock()
+    # a wrapper that loaded its weights in __init__ marks itself initialised (TIMMBackbone with
+    # ``pretrained`` / ``checkpoint_path``); its own init_weights would re-randomise them
+    loaded_in_init = bool(getattr(backbone, '_is_init', False))
     tuned = unwrap(backbone)  # (mmpretrain.TIMMBackbone: its timm model)
     try:
         find_table(tuned)
     except TypeError as err:
         raise TypeError(f'mmssf.PeftBackbone cannot tune {stock_type!r}: {err}') from None
     if hasattr(backbone, 'init_weights'):
-        backbone.init_weights()
-        _reload_after_parent_init(backbone)
+        if not loaded_in_init:
+            backbone.init_weights()
+        _reload_after_parent_init(backbone, build_stock if loaded_in_init else None)
     method = apply_peft(tuned, peft)
     if peft_checkpoint:
         load_peft(tuned, peft_checkpoint)
@@ -56,7 +64,7 @@ def PeftBackbone(stock_type, peft, peft_checkpoint=None, **stock_kwargs):
 
 
 
-def _reload_after_parent_init(backbone):
+def _reload_after_parent_init(backbone, rebuild=None):
     """Let the Runner's ``model.init_weights()`` run the stock backbone init once more.
 
     A parent's ``init_cfg`` (mmpretrain's classifiers: TruncNormal over every Linear, Constant
@@ -64,25 +72,54 @@ def _reload_after_parent_init(backbone):
     initialise; in the stock flow the backbone's own ``init_weights`` then loads the pretrained
     weights again. Marking the backbone initialised would skip that and train from the parent's
     random values. Re-running the stock init restores exactly the stock result (the pretrained
-    weights) and never touches PEFT tensors, which are no stock module's weight / bias.
+    weights).
+
+    ``rebuild``: for a wrapper that loaded its weights in ``__init__`` (mmpretrain / mmseg
+    ``TIMMBackbone`` with ``pretrained`` or ``checkpoint_path``) the stock init is no loader:
+    re-running it would call timm's random ``init_weights`` over the loaded weights. Its stock
+    result is what a fresh build holds, so the stock tensors are copied from one (built with the
+    random state left as it was).
+
+    PEFT tensors (and the stock tensors a method trains, e.g. BitFit's biases, possibly from a
+    ``peft_checkpoint``) keep the values they had before the call.
     """
     stock_init = type(backbone).init_weights
 
     def init_weights(self):
-        self._is_init = False
         method = get_peft(unwrap(self))
-        quiet = _OnlyPeftKeysMissing(method.peft_state_dict(unwrap(self)) if method else {})
-        logger = MMLogger.get_current_instance()
-        logger.addFilter(quiet)
-        try:
-            stock_init(self)
-        finally:
-            logger.removeFilter(quiet)
+        kept = method.peft_state_dict(unwrap(self)) if method else {}
+        if rebuild is None:
+            self._is_init = False
+            quiet = _OnlyPeftKeysMissing(kept)
+            logger = MMLogger.get_current_instance()
+            logger.addFilter(quiet)
+            try:
+                stock_init(self)
+            finally:
+                logger.removeFilter(quiet)
+        else:
+            _copy_stock_tensors(self, rebuild)
+        if method:
+            method.load_peft_state_dict(unwrap(self), kept)
         self._is_init = True
         del self.init_weights  # once: later calls see the plain (initialised) backbone
 
     backbone._is_init = False
     backbone.init_weights = types.MethodType(init_weights, backbone)
+
+
+def _copy_stock_tensors(backbone, rebuild):
+    """Copy every tensor of a freshly built stock backbone into the tuned one (same keys)."""
+    with torch.random.fork_rng(devices=[]):
+        fresh = rebuild().state_dict()
+    own = backbone.state_dict()
+    unknown = sorted(set(fresh) - set(own))
+    if unknown:
+        raise KeyError(f'mmssf.PeftBackbone: the tuned {type(backbone).__name__} lacks stock '
+                       f'keys of a fresh build: {unknown[:8]}')
+    with torch.no_grad():
+        for key, value in fresh.items():
+            own[key].copy_(value)
 
 
 class _OnlyPeftKeysMissing(logging.Filter):

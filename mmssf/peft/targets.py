@@ -343,16 +343,22 @@ def module_in(backbone: nn.Module, table: TargetTable, role: str, prefix: str):
 #: state-dict keys keep the wrapper's prefix, e.g. ``backbone.timm_model.blocks.0...``)
 WRAPPERS: Dict[str, str] = {
     'mmpretrain.models.backbones.timm_backbone.TIMMBackbone': 'timm_model',
+    'mmseg.models.backbones.timm_backbone.TIMMBackbone': 'timm_model',
+    # timm's ``features_only=True`` on a ViT: the model's forward_intermediates behind a getter
+    # (keys ``timm_model.model.blocks...``)
+    'timm.models._features.FeatureGetterNet': 'model',
 }
 
 
 def unwrap(backbone: nn.Module) -> nn.Module:
-    """The module mmssf tunes for ``backbone``: the model a wrapper holds, else ``backbone``."""
-    for cls in type(backbone).__mro__:
-        attr = WRAPPERS.get(f'{cls.__module__}.{cls.__qualname__}')
-        if attr is not None:
-            return getattr(backbone, attr)
-    return backbone
+    """The module mmssf tunes for ``backbone``: the model its wrappers hold, else ``backbone``."""
+    while True:
+        attr = next((WRAPPERS[path] for path in (f'{c.__module__}.{c.__qualname__}'
+                                                 for c in type(backbone).__mro__)
+                     if path in WRAPPERS), None)
+        if attr is None:
+            return backbone
+        backbone = getattr(backbone, attr)
 
 
 def supported_backbones() -> List[str]:

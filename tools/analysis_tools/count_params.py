@@ -68,7 +68,8 @@ def drop_pretrained(model_cfg) -> list:
 
     The backbone's ``init_cfg`` always becomes None (a stock ViT's Kaiming list as much as a
     ``Pretrained`` one); elsewhere an ``init_cfg`` that loads a checkpoint, any ``pretrained``
-    path (mmseg / mmdet model level, deprecated backbone argument) and ``peft_checkpoint``.
+    path (mmseg / mmdet model level, deprecated backbone argument), ``peft_checkpoint`` and a
+    timm wrapper's ``checkpoint_path`` / ``pretrained=True`` (``TIMMBackbone``).
     """
     dropped = []
 
@@ -94,6 +95,12 @@ def drop_pretrained(model_cfg) -> list:
                 elif key in ('pretrained', 'peft_checkpoint') and isinstance(value, str):
                     note(sub, value)
                     node[key] = None
+                elif key == 'checkpoint_path' and value:  # (timm wrappers: timm loads it)
+                    note(sub, value)
+                    node[key] = ''
+                elif key == 'pretrained' and value is True:  # (timm: a hub or a local file)
+                    note(sub, (node.get('pretrained_cfg_overlay') or {}).get('file', True))
+                    node[key] = False
                 else:
                     walk(value, sub)
         elif isinstance(node, (list, tuple)):

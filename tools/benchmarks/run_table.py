@@ -448,10 +448,14 @@ class Harness:
         """The line naming the backbone's missing pretrained file and the converter, or None."""
         init = cfg.model.backbone.get('init_cfg') or {}
         checkpoint = init.get('checkpoint') if init.get('type') == 'Pretrained' else None
+        how = PRETRAINED_HOW.format(checkpoint=checkpoint)
+        if cfg.model.backbone.get('checkpoint_path'):  # (a timm wrapper: timm loads the file)
+            checkpoint = cfg.model.backbone.checkpoint_path
+            how = ('point --cfg-options model.backbone.checkpoint_path=FILE at the timm '
+                   'checkpoint (.pth, .safetensors or Google\'s .npz; configs/timm/)')
         if checkpoint and not osp.isabs(checkpoint) and '://' not in checkpoint:
             checkpoint = osp.join(ROOT, checkpoint)  # (the tools run in the repository root)
-        return weights_problem(checkpoint, PRETRAINED_HOW.format(
-            checkpoint=init.get('checkpoint')))
+        return weights_problem(checkpoint, how)
 
     # -- dry run: data and weights checked, configs + model builds, no training
     def dry_run(self):
@@ -481,6 +485,8 @@ class Harness:
                     else 'weights: the pretrained file exists (not loaded by --dry-run)')
             model_cfg = cfg.model.copy()
             model_cfg.backbone.init_cfg = None
+            if model_cfg.backbone.get('checkpoint_path'):
+                model_cfg.backbone.checkpoint_path = ''
             if spt:
                 budgets, source = self.budgets(task)
                 log(f'{task}: SPT needs its allocation (spt_sensitivity.py on the data); '
