@@ -36,7 +36,7 @@ from ..registry import PEFT_METHODS
 from .base import PeftMethod, PeftUnit
 from .card import MethodCard
 from .functional import rebuilt_linear
-from .hooks import replace_forward, weight_and_bias_names
+from .hooks import is_plain_linear, replace_forward, weight_and_bias_names
 from .delta_weight import in_out_features
 from .options import Option, OptionError
 from .ssf import SSFUnit, check_patch_merging
@@ -90,7 +90,7 @@ class RLRRUnit(PeftUnit):
             # no stock bias: the shift is added to the output (trains; merge is refused)
             self.handles.append(self.module.register_forward_hook(
                 lambda module, args, out: out + self.shift))
-        if self.reparam or type(self.module).forward is not nn.Linear.forward:
+        if self.reparam or not is_plain_linear(self.module):
             self.add_weight_transform('rlrr', names, self.effective)
         else:  # a plain Linear: one lean op (see the module doc)
             self.handles.append(replace_forward(self.module, self.rebuilt_forward))

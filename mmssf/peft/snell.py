@@ -59,14 +59,13 @@ tensors per such Linear) until backward.
 import math
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..registry import PEFT_METHODS
 from .base import PeftMethod
 from .card import MethodCard
 from .delta_weight import DeltaWeightUnit
 from .functional import rebuilt_linear
-from .hooks import replace_forward
+from .hooks import is_plain_linear, replace_forward
 from .options import Option, OptionError
 from .targets import cls_token_name
 
@@ -137,6 +136,38 @@ def sparsify(delta: torch.Tensor, sparsity: float, mode: str, threshold=None):
     return delta * gate.view_as(delta), threshold
 
 
+class _KernelDeltaLinear(torch.autograd.Function):
+    """``x ΔWˢᵀ`` keeping only ``x`` (and the factors) for backward; ``ΔWˢ`` is rebuilt there (the
+    hooked update, used where dropout / drop-path need the update's own input and output)."""
+
+    @staticmethod
+    def forward(ctx, x, factor_in, factor_out, unit):
+        with torch.no_grad():
+            delta = unit.sparse_delta(factor_in, factor_out)
+        ctx.save_for_backward(x, factor_in, factor_out)
+        ctx.unit = unit
+        # (under autocast the result is in the autocast dtype, like the stock Linear's output)
+        return F.linear(x, delta.to(x.dtype))
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, factor_in, factor_out = ctx.saved_tensors
+        with torch.enable_grad():
+            a = factor_in.detach().requires_grad_()
+            b = factor_out.detach().requires_grad_()
+            delta = ctx.unit.sparse_delta(a, b)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (grad @ delta.detach().to(grad.dtype)).to(x.dtype)
+        grad_a = grad_b = None
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            g2 = grad.reshape(-1, grad.shape[-1])
+            x2 = x.reshape(-1, x.shape[-1]).to(g2.dtype)
+            grad_delta = (g2.t() @ x2).to(delta.dtype)  # (out, in), transient
+            grad_a, grad_b = torch.autograd.grad(delta, (a, b), grad_delta)
+        return grad_x, grad_a, grad_b, None
+
+
 class SNELLUnit(DeltaWeightUnit):
     """Sparse kernelized low-rank update of one Linear (or fused in-projection)."""
     option_spec = dict(
@@ -200,7 +231,7 @@ class SNELLUnit(DeltaWeightUnit):
         return weight + delta.to(weight.dtype), bias, (threshold, ) if threshold is not None else ()
 
     def attach_hooked(self):
-        if type(self.module).forward is nn.Linear.forward:
+        if is_plain_linear(self.module):
             self.handles.append(replace_forward(self.module, self.rebuilt_forward))
         else:
             super().attach_hooked()
