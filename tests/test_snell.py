@@ -223,3 +223,24 @@ def test_trains_what_the_official_trains(backbone_name):
     assert {n for n, p in frozen.named_parameters() if p.requires_grad} == factors | head
     with pytest.raises(OptionError, match='cls_token'):
         apply_peft(build_backbone(backbone_name)[0], dict(type='SNELL', cls_token='yes'))
+
+
+def test_the_kernel_op_has_exact_gradients():
+    """``kernel_delta``'s written-out backward: double-precision gradcheck, the gradient of the
+    reference (autograd through the distances) and none from a zero distance (as ``cdist``)."""
+    from mmssf.peft.snell import kernel_delta
+    torch.manual_seed(0)
+    d = torch.double
+    a = torch.randn(3, 2, 6, 2, dtype=d, requires_grad=True)
+    b = torch.randn(3, 2, 5, 2, dtype=d, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: kernel_delta(a, b, 0.1), (a, b))
+    g = torch.randn(3, 5, 6, dtype=d)
+    ours = torch.autograd.grad(kernel_delta(a, b, 0.1), (a, b), g)
+    ref = [reference_delta(a[k], b[k], 0.1, sparsity=0) for k in range(3)]
+    theirs = torch.autograd.grad(torch.stack(ref), (a, b), g)
+    for x, y in zip(ours, theirs):
+        torch.testing.assert_close(x, y)
+    with torch.no_grad():
+        b[0, 0, 0] = a[0, 0, 0]  # d = 0 for (o, i) = (0, 0) in piece 0
+    grads = torch.autograd.grad(kernel_delta(a, b, 0.1), (a, b), g)
+    assert all(torch.isfinite(t).all() for t in grads)

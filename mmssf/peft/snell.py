@@ -72,8 +72,49 @@ from .targets import cls_token_name
 PIECES = 2  # P of the piecewise-linear kernel (paper App. B: "We set P=2")
 
 
+class _KernelDelta(torch.autograd.Function):
+    """``ΔW = Σ_p α_p ‖B[p, o] − A[p, i]‖₂`` with its gradient written out.
+
+    Backward, with ``H_p = α_p ∂ΔW / d_p`` (``d_p`` the distances; 0 where ``d_p = 0``, the
+    subgradient ``torch.cdist`` takes there): ``∂B[p, o] = Σ_i H_p[o, i] (B[p, o] − A[p, i])`` and
+    ``∂A[p, i] = Σ_o H_p[o, i] (A[p, i] − B[p, o])``, i.e. two skinny matmuls per piece with a
+    column of ones appended (it yields the row / column sums of ``H_p`` in the same pass). This
+    replaces autograd through ``cdist`` (its square-root, clamp and norm backward: several more
+    passes over each ``out × in`` tensor). The distances are kept for backward (the lean Linear
+    calls this only inside its own backward, where they live one Linear at a time).
+    """
+
+    @staticmethod
+    def forward(ctx, factor_in, factor_out, scale):
+        dist = torch.cdist(factor_out, factor_in)  # (blocks, P, out_b, in)
+        delta = dist[:, 0] - dist[:, 1]  # α_p = scale · (−1)^p: scale · Σ_p (−1)^p d_p
+        for p in range(2, dist.shape[1]):
+            delta.add_(dist[:, p], alpha=(-1.0) ** p)
+        delta.mul_(scale)
+        ctx.scale = scale
+        ctx.save_for_backward(factor_in, factor_out, dist)
+        return delta
+
+    @staticmethod
+    def backward(ctx, grad):
+        factor_in, factor_out, dist = ctx.saved_tensors
+        grad = grad.to(dist.dtype)
+        grad_in = torch.empty_like(factor_in)
+        grad_out = torch.empty_like(factor_out)
+        for p in range(dist.shape[1]):
+            alpha = ctx.scale * (-1.0) ** p
+            h = torch.div(grad, dist[:, p]).nan_to_num_(0.0, 0.0, 0.0)  # d = 0: none, as cdist
+            a, b = factor_in[:, p], factor_out[:, p]
+            rows = h @ torch.cat([a, a.new_ones(a.shape[:-1] + (1, ))], -1)  # (blocks, out, w+1)
+            cols = (torch.cat([b, b.new_ones(b.shape[:-1] + (1, ))], -1).transpose(1, 2) @ h
+                    ).transpose(1, 2)  # (blocks, in, w+1)
+            grad_out[:, p] = (rows[..., -1:] * b - rows[..., :-1]) * alpha
+            grad_in[:, p] = (cols[..., -1:] * a - cols[..., :-1]) * alpha
+        return grad_in, grad_out, None
+
+
 def kernel_delta(factor_in: torch.Tensor, factor_out: torch.Tensor, scale: float) -> torch.Tensor:
-    """``ΔW`` of each row block: ``Σ_p α_p ‖B[p, o] − A[p, i]‖₂``.
+    """``ΔW`` of each row block: ``Σ_p α_p ‖B[p, o] − A[p, i]‖₂`` with ``α_p = scale · (−1)^p``.
 
     Args:
         factor_in: ``(blocks, P, in, r / P)``.
@@ -82,10 +123,7 @@ def kernel_delta(factor_in: torch.Tensor, factor_out: torch.Tensor, scale: float
     Returns:
         ``(blocks, out_b, in)``.
     """
-    signs = torch.tensor([(-1.0) ** p for p in range(factor_in.shape[1])],
-                         dtype=factor_in.dtype, device=factor_in.device)
-    dist = torch.cdist(factor_out, factor_in)  # (blocks, P, out_b, in)
-    return torch.einsum('p,bpoi->boi', signs * scale, dist)
+    return _KernelDelta.apply(factor_in, factor_out, scale)
 
 
 def interpolated_quantile(values: torch.Tensor, q: float) -> torch.Tensor:
@@ -127,12 +165,12 @@ def sparsify(delta: torch.Tensor, sparsity: float, mode: str, threshold=None):
     if mode == 'official':
         if threshold is None:
             threshold = interpolated_quantile(magnitude, sparsity)
-        gate = torch.where(magnitude > threshold, magnitude, 0.0)  # F.threshold(|ΔW|, t, 0)
+        gate = magnitude.masked_fill_(magnitude <= threshold, 0.0)  # F.threshold(|ΔW|, t, 0)
     else:
         if threshold is None:
             k = max(1, math.ceil(sparsity * magnitude.shape[1]))
             threshold = magnitude.kthvalue(k, dim=1, keepdim=True).values
-        gate = (magnitude - threshold).clamp_min(0)
+        gate = magnitude.sub_(threshold).clamp_min_(0)
     return delta * gate.view_as(delta), threshold
 
 
