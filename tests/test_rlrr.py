@@ -110,3 +110,59 @@ def test_reparam_hook_refuses_an_unmergeable_placement_before_training():
     vpt, _ = build_backbone('mmpretrain_swin')
     apply_peft(vpt, dict(type='VPTDeep', num_prompts=2))
     ReparamCheckpointHook().before_run(SimpleNamespace(model=vpt))  # never-mergeable: no error
+
+
+@pytest.mark.parametrize('backbone_name', ['mmpretrain_vit', 'mmpretrain_swin', 'mmseg_vit'])
+def test_the_lean_linear_has_the_gradients_of_the_reparameterized_weight(backbone_name):
+    """Plain Linears run RLRR as one op that rebuilds W' in backward; its input and parameter
+    gradients equal autograd through the official ``F.linear(x, W + (l rᵀ) ⊙ W, b + f)``
+    (float64), and the op keeps no ``out × in`` copy between forward and backward."""
+    model, size = build_backbone(backbone_name)
+    method = apply_peft(model, dict(type='RLRR'))
+    randomize_peft(model, std=0.2)
+    model.double()
+    x = torch.randn(2, 3, *size, dtype=torch.float64)
+    out = sum((o ** 2).sum() for o in flatten_outputs(model(x)))
+    out.backward()
+    ours = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    lean = 0
+    for unit in method.units:
+        if not hasattr(unit, 'rebuild') or 'forward' not in unit.module.__dict__:
+            continue
+        lean += 1
+        for handle in unit.handles:
+            handle.remove()
+        unit.handles = []
+        left, right = unit.module.rlrr_left, unit.module.rlrr_right.view(unit.blocks, -1)
+
+        def official(module, params, left=left, right=right, blocks=unit.blocks):
+            rows = left.shape[0] // blocks
+            weight = torch.cat([
+                params['weight'][i * rows:(i + 1) * rows] * right[i].view(1, -1)
+                * left[i * rows:(i + 1) * rows].view(-1, 1) for i in range(blocks)]) \
+                + params['weight']
+            return dict(weight=weight, bias=params['bias'] + module.rlrr_bias)
+        unit.add_weight_transform('rlrr_ref', ('weight', 'bias'), official)
+    assert lean > 0
+    out_ref = sum((o ** 2).sum() for o in flatten_outputs(model(x)))
+    out_ref.backward()
+    torch.testing.assert_close(out, out_ref)
+    for name, grad in ours.items():
+        torch.testing.assert_close(grad, dict(model.named_parameters())[name].grad, msg=name)
+
+
+def test_a_lean_linear_keeps_no_dense_tensor_for_backward():
+    model, _ = build_backbone('mmpretrain_vit')
+    apply_peft(model, dict(type='RLRR', targets=['fc1']))
+    randomize_peft(model)
+    fc1 = model.layers[0].ffn.layers[0][0]
+    x = torch.randn(2, 17, fc1.in_features, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = fc1(x)
+    own = {p.data_ptr() for p in fc1.parameters()}
+    dense = [t for t in saved if t.numel() >= fc1.weight.numel() and t.data_ptr() not in own]
+    assert not dense, [tuple(t.shape) for t in dense]
+    y.sum().backward()
+    assert fc1.rlrr_left.grad.abs().sum() > 0 and fc1.rlrr_right.grad.abs().sum() > 0

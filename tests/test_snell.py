@@ -79,12 +79,23 @@ def test_each_block_keeps_its_own_share_of_entries(mode, sparsity):
     assert [int((b != 0).sum()) for b in blocks] == [kept] * 3
 
 
-def test_interpolated_quantile_is_torch_quantile():
-    gen = torch.Generator().manual_seed(0)
-    values = torch.rand(3, 1001, generator=gen, dtype=torch.float64)
-    for q in (0.0, 0.1, 0.5, 0.9, 0.995, 0.9999):
-        torch.testing.assert_close(interpolated_quantile(values, q)[:, 0],
-                                   torch.quantile(values, q, dim=1))
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('shape', [(1, 2), (3, 7), (3, 1001), (1, 4096), (3, 12289)])
+@pytest.mark.parametrize('kind', ['uniform', 'ties', 'magnitudes'])
+def test_interpolated_quantile_is_torch_quantile_bit_for_bit(dtype, shape, kind):
+    """The official threshold is ``torch.quantile`` of each block's ``|ΔW|``: the selection gives
+    the very same float (``torch.equal``), for ranks on and between order statistics."""
+    gen = torch.Generator().manual_seed(shape[1])
+    values = torch.rand(shape, generator=gen, dtype=dtype)
+    if kind == 'ties':
+        values = (values * 8).floor()
+    elif kind == 'magnitudes':
+        values = torch.randn(shape, generator=gen, dtype=dtype).abs() * 1e-3
+    for q in (0.0, 0.1, 0.35, 0.5, 0.7, 0.9, 0.95, 0.995, 0.9999, 1.0, 0.123456789):
+        ours = interpolated_quantile(values, q)
+        assert ours.shape == (shape[0], 1) and ours.dtype == dtype
+        reference = torch.stack([torch.quantile(row, q) for row in values])
+        assert torch.equal(ours[:, 0], reference), (q, ours[:, 0], reference)
 
 
 @pytest.mark.parametrize('backbone_name', ['mmpretrain_vit', 'mmseg_vit'])
@@ -212,3 +223,24 @@ def test_trains_what_the_official_trains(backbone_name):
     assert {n for n, p in frozen.named_parameters() if p.requires_grad} == factors | head
     with pytest.raises(OptionError, match='cls_token'):
         apply_peft(build_backbone(backbone_name)[0], dict(type='SNELL', cls_token='yes'))
+
+
+def test_the_kernel_op_has_exact_gradients():
+    """``kernel_delta``'s written-out backward: double-precision gradcheck, the gradient of the
+    reference (autograd through the distances) and none from a zero distance (as ``cdist``)."""
+    from mmssf.peft.snell import kernel_delta
+    torch.manual_seed(0)
+    d = torch.double
+    a = torch.randn(3, 2, 6, 2, dtype=d, requires_grad=True)
+    b = torch.randn(3, 2, 5, 2, dtype=d, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: kernel_delta(a, b, 0.1), (a, b))
+    g = torch.randn(3, 5, 6, dtype=d)
+    ours = torch.autograd.grad(kernel_delta(a, b, 0.1), (a, b), g)
+    ref = [reference_delta(a[k], b[k], 0.1, sparsity=0) for k in range(3)]
+    theirs = torch.autograd.grad(torch.stack(ref), (a, b), g)
+    for x, y in zip(ours, theirs):
+        torch.testing.assert_close(x, y)
+    with torch.no_grad():
+        b[0, 0, 0] = a[0, 0, 0]  # d = 0 for (o, i) = (0, 0) in piece 0
+    grads = torch.autograd.grad(kernel_delta(a, b, 0.1), (a, b), g)
+    assert all(torch.isfinite(t).all() for t in grads)

@@ -138,7 +138,11 @@ class DeltaWeightUnit(PeftUnit):
             self.refuse_regularisation()
             self.add_weight_transform(self.key, (w_name, ), self.reparameterize)
         else:
-            self.handles.append(self.module.register_forward_hook(self.forward_hook))
+            self.attach_hooked()
+
+    def attach_hooked(self) -> None:
+        """Attach where the module's output can be hooked (default: a hook adding ``x ΔWᵀ``)."""
+        self.handles.append(self.module.register_forward_hook(self.forward_hook))
 
     def refuse_regularisation(self) -> None:
         self.dropout_skipped = bool(self.dropout) and self.reparam_dropout == 'skip'

@@ -34,6 +34,26 @@ def weight_and_bias_names(module: nn.Module):
     return 'weight', 'bias'
 
 
+def _plain_linear_forwards():
+    forwards = {nn.Linear.forward}
+    try:  # mmcv's Linear (mmseg's FFN) only adds an empty-input branch for torch < 1.6
+        from mmcv.cnn.bricks.wrappers import Linear as MMCVLinear
+        forwards.add(MMCVLinear.forward)
+    except ImportError:
+        pass
+    return forwards
+
+
+_PLAIN_LINEAR_FORWARDS = _plain_linear_forwards()
+
+
+def is_plain_linear(module: nn.Module) -> bool:
+    """True for a Linear that computes ``F.linear(x, weight, bias)`` and nothing else (its forward
+    may then be replaced by an equivalent lean op)."""
+    return (isinstance(module, nn.Linear) and type(module).forward in _PLAIN_LINEAR_FORWARDS
+            and 'forward' not in module.__dict__)
+
+
 def host_of(backbone: nn.Module, name: str) -> nn.Module:
     """The module whose call runs ``name``'s computation (itself, unless applied functionally)."""
     modules = dict(backbone.named_modules())

@@ -19,6 +19,13 @@ Fidelity to the official code (zstarN70/RLRR):
   U(±√(6/in)), so training starts far from the pretrained model (``init='official'``). The
   default ``init='residual'`` starts at the pretrained function: ``s_left = 0``, ``s_right = 1``
   (like LoRA's B = 0) while every factor still gets a gradient after the first step.
+
+Memory: on a plain ``nn.Linear`` the tuned Linear runs as one
+:func:`~mmssf.peft.functional.rebuilt_linear` (its forward is replaced; class, parameters and
+hooks stay): it keeps only its input ``x`` and the scales for backward and rebuilds ``W'`` there,
+where applying ``W'`` as a re-parameterized weight would keep ``W'`` and ``s_l s_rᵀ ⊙ W`` (two
+``out × in`` copies per Linear, more than full fine-tuning keeps). Where the output cannot be
+hooked (mmseg's ``nn.MultiheadAttention``) the weight is re-parameterized as before.
 """
 import math
 
@@ -28,7 +35,8 @@ from torch import nn
 from ..registry import PEFT_METHODS
 from .base import PeftMethod, PeftUnit
 from .card import MethodCard
-from .hooks import weight_and_bias_names
+from .functional import rebuilt_linear
+from .hooks import is_plain_linear, replace_forward, weight_and_bias_names
 from .delta_weight import in_out_features
 from .options import Option, OptionError
 from .ssf import SSFUnit, check_patch_merging
@@ -82,20 +90,36 @@ class RLRRUnit(PeftUnit):
             # no stock bias: the shift is added to the output (trains; merge is refused)
             self.handles.append(self.module.register_forward_hook(
                 lambda module, args, out: out + self.shift))
-        self.add_weight_transform('rlrr', names, self.effective)
+        if self.reparam or not is_plain_linear(self.module):
+            self.add_weight_transform('rlrr', names, self.effective)
+        else:  # a plain Linear: one lean op (see the module doc)
+            self.handles.append(replace_forward(self.module, self.rebuilt_forward))
 
-    def scale(self) -> torch.Tensor:
-        """``s_left s_rightᵀ`` with one ``s_right`` per row block."""
-        right = self.right.view(self.blocks, 1, -1)
-        left = self.left.view(self.blocks, -1, 1)
-        return (left * right).reshape(self.left.shape[0], -1)
+    def tensors(self):
+        """The trained tensors :meth:`rebuild` reads."""
+        shift = (self.shift, ) if self.shift is not None and self.has_bias else ()
+        return (self.left, self.right) + shift
+
+    def rebuild(self, weight, bias, tensors, memo=None):
+        """``(W + (s_left s_rightᵀ) ⊙ W, b + f, ())`` from ``tensors = (s_left, s_right[, f])``
+        (one ``s_right`` per row block)."""
+        left, right = tensors[:2]
+        scale = (left.view(self.blocks, -1, 1) * right.view(self.blocks, 1, -1)
+                 ).reshape(left.shape[0], -1)
+        weight = torch.addcmul(weight, scale, weight)
+        if len(tensors) > 2:
+            bias = bias + tensors[2]
+        return weight, bias, ()
+
+    def rebuilt_forward(self, module, stock_forward, x):
+        return rebuilt_linear(x, module.weight, module.bias, self.rebuild, *self.tensors())
 
     def effective(self, module, params):
         w_name, b_name = weight_and_bias_names(module)
-        weight = params[w_name]
-        out = {w_name: weight + self.scale() * weight}
+        weight, bias, _ = self.rebuild(params[w_name], params.get(b_name), self.tensors())
+        out = {w_name: weight}
         if self.has_bias:
-            out[b_name] = params[b_name] + self.shift if self.shift is not None else params[b_name]
+            out[b_name] = bias
         return out
 
     def merge_blocker(self):

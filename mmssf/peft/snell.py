@@ -42,11 +42,16 @@ of q / k / v / fc1 / fc2 and DropPath(0.1) on every update's output; here ``drop
 Merge: ``W ← W + ΔWˢ`` — exact, the stock keys are unchanged.
 
 Memory (the paper's point, Fig. 3b). The optimizer holds only the factors (``r · (in + out)``
-numbers and their two AdamW moments per Linear, as LoRA). On a hooked Linear the update is applied
-as ``y = x W + x ΔWˢ`` by an autograd function that keeps only ``x`` for backward and *recomputes*
-``ΔWˢ`` there (as the official code's checkpointing does): no ``out × in`` tensor lives between
-forward and backward — the dense ``ΔW``, its gate and the gradient ``gᵀx`` exist one Linear at a
-time, transiently. ``x`` is what LoRA keeps too. Where the weight cannot be hooked (mmseg's fused
+numbers and their two AdamW moments per Linear, as LoRA). On a plain ``nn.Linear`` the tuned
+Linear runs as one :func:`~mmssf.peft.functional.rebuilt_linear` ``y = x (W + ΔWˢ)ᵀ + b`` (its
+forward is replaced; class, parameters and hooks stay) that keeps only ``x`` and the factors for
+backward and *rebuilds* ``ΔWˢ`` there (as the official code's checkpointing does; the per-block
+threshold is kept from the forward, so the selection runs once a step): no ``out × in`` tensor
+lives between forward and backward — the dense ``ΔW``, its gate, ``W + ΔWˢ`` and the gradient
+``gᵀx`` exist one Linear at a time, transiently — and a step does full fine-tuning's matmuls, not
+a second one for the update. With ``dropout`` / ``drop_path`` in training the update needs its own
+input and output: the stock Linear then runs and a hook adds ``x ΔWˢᵀ`` (an autograd function with
+the same memory, one matmul more each way). Where the weight cannot be hooked (mmseg's fused
 ``nn.MultiheadAttention`` in-projection and its ``out_proj``) the effective weight ``W + ΔWˢ`` is
 built before the attention runs and autograd keeps the kernel's intermediates (a few ``out × in``
 tensors per such Linear) until backward.
@@ -59,14 +64,57 @@ from ..registry import PEFT_METHODS
 from .base import PeftMethod
 from .card import MethodCard
 from .delta_weight import DeltaWeightUnit
+from .functional import rebuilt_linear
+from .hooks import is_plain_linear, replace_forward
 from .options import Option, OptionError
 from .targets import cls_token_name
 
 PIECES = 2  # P of the piecewise-linear kernel (paper App. B: "We set P=2")
 
 
+class _KernelDelta(torch.autograd.Function):
+    """``ΔW = Σ_p α_p ‖B[p, o] − A[p, i]‖₂`` with its gradient written out.
+
+    Backward, with ``H_p = α_p ∂ΔW / d_p`` (``d_p`` the distances; 0 where ``d_p = 0``, the
+    subgradient ``torch.cdist`` takes there): ``∂B[p, o] = Σ_i H_p[o, i] (B[p, o] − A[p, i])`` and
+    ``∂A[p, i] = Σ_o H_p[o, i] (A[p, i] − B[p, o])``, i.e. two skinny matmuls per piece with a
+    column of ones appended (it yields the row / column sums of ``H_p`` in the same pass). This
+    replaces autograd through ``cdist`` (its square-root, clamp and norm backward: several more
+    passes over each ``out × in`` tensor). The distances are kept for backward (the lean Linear
+    calls this only inside its own backward, where they live one Linear at a time).
+    """
+
+    @staticmethod
+    def forward(ctx, factor_in, factor_out, scale):
+        dist = torch.cdist(factor_out, factor_in)  # (blocks, P, out_b, in)
+        delta = dist[:, 0] - dist[:, 1]  # α_p = scale · (−1)^p: scale · Σ_p (−1)^p d_p
+        for p in range(2, dist.shape[1]):
+            delta.add_(dist[:, p], alpha=(-1.0) ** p)
+        delta.mul_(scale)
+        ctx.scale = scale
+        ctx.save_for_backward(factor_in, factor_out, dist)
+        return delta
+
+    @staticmethod
+    def backward(ctx, grad):
+        factor_in, factor_out, dist = ctx.saved_tensors
+        grad = grad.to(dist.dtype)
+        grad_in = torch.empty_like(factor_in)
+        grad_out = torch.empty_like(factor_out)
+        for p in range(dist.shape[1]):
+            alpha = ctx.scale * (-1.0) ** p
+            h = torch.div(grad, dist[:, p]).nan_to_num_(0.0, 0.0, 0.0)  # d = 0: none, as cdist
+            a, b = factor_in[:, p], factor_out[:, p]
+            rows = h @ torch.cat([a, a.new_ones(a.shape[:-1] + (1, ))], -1)  # (blocks, out, w+1)
+            cols = (torch.cat([b, b.new_ones(b.shape[:-1] + (1, ))], -1).transpose(1, 2) @ h
+                    ).transpose(1, 2)  # (blocks, in, w+1)
+            grad_out[:, p] = (rows[..., -1:] * b - rows[..., :-1]) * alpha
+            grad_in[:, p] = (cols[..., -1:] * a - cols[..., :-1]) * alpha
+        return grad_in, grad_out, None
+
+
 def kernel_delta(factor_in: torch.Tensor, factor_out: torch.Tensor, scale: float) -> torch.Tensor:
-    """``ΔW`` of each row block: ``Σ_p α_p ‖B[p, o] − A[p, i]‖₂``.
+    """``ΔW`` of each row block: ``Σ_p α_p ‖B[p, o] − A[p, i]‖₂`` with ``α_p = scale · (−1)^p``.
 
     Args:
         factor_in: ``(blocks, P, in, r / P)``.
@@ -75,43 +123,60 @@ def kernel_delta(factor_in: torch.Tensor, factor_out: torch.Tensor, scale: float
     Returns:
         ``(blocks, out_b, in)``.
     """
-    signs = torch.tensor([(-1.0) ** p for p in range(factor_in.shape[1])],
-                         dtype=factor_in.dtype, device=factor_in.device)
-    dist = torch.cdist(factor_out, factor_in)  # (blocks, P, out_b, in)
-    return torch.einsum('p,bpoi->boi', signs * scale, dist)
+    return _KernelDelta.apply(factor_in, factor_out, scale)
 
 
 def interpolated_quantile(values: torch.Tensor, q: float) -> torch.Tensor:
-    """Per row of ``values`` (2-d), the ``q``-quantile with linear interpolation (as
-    ``torch.quantile``, without its input-size limit and its full sort)."""
+    """Per row of ``values`` (2-d), the ``q``-quantile with linear interpolation: bit for bit
+    ``torch.quantile(row, q)`` (the official threshold), without its full sort and its input-size
+    limit.
+
+    ``torch.quantile`` takes ``q`` in the input's dtype, the rank ``q·(n − 1)`` of it in double
+    precision, the two order statistics around the rank from a sorted copy and ``torch.lerp``
+    between them (in the input's dtype) with weight ``rank − ⌊rank⌋``. Here the same rank
+    arithmetic and the same ``lerp`` are applied to the same two order statistics, found by
+    selection instead of a sort: the ``n − ⌊rank⌋`` largest values (``topk``, unsorted; a
+    selection, not a sort) hold exactly the sorted values from ``⌊rank⌋`` on, so their smallest
+    is the lower statistic and their second smallest the upper one.
+    """
     n = values.shape[1]
-    pos = q * (n - 1)
-    low = int(math.floor(pos))
-    frac = pos - low
-    v_low = values.kthvalue(low + 1, dim=1, keepdim=True).values
-    if frac == 0:
-        return v_low
-    v_high = values.kthvalue(min(low + 2, n), dim=1, keepdim=True).values
-    return v_low + frac * (v_high - v_low)
+    rank = float(torch.tensor(q, dtype=values.dtype)) * (n - 1)
+    low, high = math.floor(rank), math.ceil(rank)
+    weight = torch.tensor(rank - low, dtype=values.dtype, device=values.device)
+    top = values.topk(n - low, dim=1, sorted=False).values  # sorted(values)[low:] as a multiset
+    if high == low:
+        v_low = v_high = top.min(dim=1, keepdim=True).values
+    else:
+        two = top.topk(2, dim=1, largest=False, sorted=True).values
+        v_low, v_high = two[:, :1], two[:, 1:]
+    return torch.lerp(v_low, v_high, weight)
 
 
-def sparsify(delta: torch.Tensor, sparsity: float, mode: str) -> torch.Tensor:
-    """Competition-based sparsification of each block of ``delta`` (``(blocks, out_b, in)``)."""
+def sparsify(delta: torch.Tensor, sparsity: float, mode: str, threshold=None):
+    """Competition-based sparsification of each block of ``delta`` (``(blocks, out_b, in)``).
+
+    Returns ``(ΔWˢ, threshold)``: the per-block threshold (``(blocks, 1)``, None for
+    ``sparsity=0``) is computed from ``|ΔW|`` unless given (a backward pass reuses the forward's:
+    the factors have not changed in between).
+    """
     if sparsity == 0:
-        return delta
+        return delta, None
     magnitude = delta.detach().abs().flatten(1)
     if mode == 'official':
-        threshold = interpolated_quantile(magnitude, sparsity)
-        gate = torch.where(magnitude > threshold, magnitude, torch.zeros_like(magnitude))
+        if threshold is None:
+            threshold = interpolated_quantile(magnitude, sparsity)
+        gate = magnitude.masked_fill_(magnitude <= threshold, 0.0)  # F.threshold(|ΔW|, t, 0)
     else:
-        k = max(1, math.ceil(sparsity * magnitude.shape[1]))
-        threshold = magnitude.kthvalue(k, dim=1, keepdim=True).values
-        gate = (magnitude - threshold).clamp_min(0)
-    return delta * gate.view_as(delta)
+        if threshold is None:
+            k = max(1, math.ceil(sparsity * magnitude.shape[1]))
+            threshold = magnitude.kthvalue(k, dim=1, keepdim=True).values
+        gate = magnitude.sub_(threshold).clamp_min_(0)
+    return delta * gate.view_as(delta), threshold
 
 
 class _KernelDeltaLinear(torch.autograd.Function):
-    """``x ΔWˢᵀ`` keeping only ``x`` (and the factors) for backward; ``ΔWˢ`` is rebuilt there."""
+    """``x ΔWˢᵀ`` keeping only ``x`` (and the factors) for backward; ``ΔWˢ`` is rebuilt there (the
+    hooked update, used where dropout / drop-path need the update's own input and output)."""
 
     @staticmethod
     def forward(ctx, x, factor_in, factor_out, unit):
@@ -187,10 +252,36 @@ class SNELLUnit(DeltaWeightUnit):
         self.add_parameter('snell_out', torch.empty(blocks, PIECES, rows // blocks, width)
                            .uniform_(-bound_out, bound_out))
 
-    def sparse_delta(self, factor_in: torch.Tensor, factor_out: torch.Tensor) -> torch.Tensor:
-        """``ΔWˢ`` (out × in) from the factors."""
-        delta = sparsify(kernel_delta(factor_in, factor_out, self.scale), self.sparsity, self.mode)
-        return delta.reshape(self.fan_out, self.fan_in)
+    def sparse_delta(self, factor_in: torch.Tensor, factor_out: torch.Tensor,
+                     threshold=None) -> torch.Tensor:
+        """``ΔWˢ`` (out × in) from the factors (and the per-block threshold, if known)."""
+        return self.sparse_delta_and_threshold(factor_in, factor_out, threshold)[0]
+
+    def sparse_delta_and_threshold(self, factor_in, factor_out, threshold=None):
+        delta, threshold = sparsify(kernel_delta(factor_in, factor_out, self.scale),
+                                    self.sparsity, self.mode, threshold)
+        return delta.reshape(self.fan_out, self.fan_in), threshold
+
+    def rebuild(self, weight, bias, tensors, memo=None):
+        """``(W + ΔWˢ, b, (threshold, ))`` for :func:`~mmssf.peft.functional.rebuilt_linear`; the
+        backward call gets the forward's threshold back (no second selection)."""
+        delta, threshold = self.sparse_delta_and_threshold(*tensors, memo[0] if memo else None)
+        return weight + delta.to(weight.dtype), bias, (threshold, ) if threshold is not None else ()
+
+    def attach_hooked(self):
+        if is_plain_linear(self.module):
+            self.handles.append(replace_forward(self.module, self.rebuilt_forward))
+        else:
+            super().attach_hooked()
+
+    def rebuilt_forward(self, module, stock_forward, x):
+        """A plain Linear computes ``x (W + ΔWˢ)ᵀ + b`` as one lean op; with dropout / drop-path
+        in training the update needs its own input and output: the stock Linear plus the hook's
+        ``x ΔWˢᵀ``."""
+        if module.training and (self.dropout or self.drop_path):
+            return self.forward_hook(module, (x, ), stock_forward(x))
+        return rebuilt_linear(x, module.weight, module.bias, self.rebuild, module.snell_in,
+                              module.snell_out)
 
     def delta(self) -> torch.Tensor:
         return self.sparse_delta(self.module.snell_in, self.module.snell_out)
