@@ -51,7 +51,8 @@ def eager_and_compiled(method, backbone_name, tmp_path, backend='inductor'):
     trainable = {n: p for n, p in backbone.named_parameters() if p.requires_grad}
 
     def run(net):
-        probe_loss(flatten_outputs(net(x))).backward()
+        outs = flatten_outputs(net(x))
+        probe_loss(outs).backward()
         grads = {n: p.grad.clone() for n, p in trainable.items()}
         backbone.zero_grad(set_to_none=True)
         return [o.detach() for o in outs], grads
