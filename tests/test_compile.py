@@ -27,6 +27,10 @@ BACKBONES = ('mmpretrain_vit', 'mmpretrain_swin', 'mmdet_swin')
 REPRESENTATIVE = [('SSF', 'mmpretrain_vit'), ('VPTDeep', 'mmpretrain_swin')]
 OUT_TOL = dict(rtol=1e-4, atol=1e-5)
 GRAD_RTOL = 1e-3  # of the tensor's largest eager gradient
+#: of the model's largest eager gradient, for tensors whose exact gradient is 0 by cancellation:
+#: eager and compiled keep different rounding residue there (the key bias of SPT-Adapter's qkv
+#: adapter, a shift of every key, which softmax ignores: 1e-9 residue against gradients of 1e-2)
+GRAD_FLOOR = 1e-6
 
 
 def probe_loss(outs):
@@ -70,9 +74,11 @@ def check_equal(method, eager, compiled):
     for e, c in zip(outs_e, outs_c):
         torch.testing.assert_close(c, e, **OUT_TOL, msg=lambda m: f'{method} outputs: {m}')
     assert grads_e and grads_e.keys() == grads_c.keys()
+    scale = max(e.abs().max().item() for e in grads_e.values())
     for name, e in grads_e.items():
         err = (grads_c[name] - e).abs().max().item()
-        assert err <= GRAD_RTOL * max(e.abs().max().item(), 1e-12), (method, name, err)
+        tol = max(GRAD_RTOL * e.abs().max().item(), GRAD_FLOOR * scale)
+        assert err <= tol, (method, name, err, tol)
 
 
 @pytest.mark.parametrize('method,backbone_name', REPRESENTATIVE)
