@@ -43,18 +43,20 @@ def probe_loss(outs):
     return sum((o * torch.randn(o.shape, generator=gen)).square().mean() for o in outs)
 
 
-def eager_and_compiled(method, backbone_name, tmp_path, backend='inductor'):
+def eager_and_compiled(method, backbone_name, tmp_path, backend='inductor', train=False):
     """(eager (outputs, grads), compiled (outputs, grads)) of a randomised tuned backbone, in eval
-    mode (no drop-path draws to match)."""
+    mode (no drop-path draws to match), or in training mode with the same seed before each run
+    (``train``: a backend that keeps eager's random draws, e.g. ``aot_eager``)."""
     import torch._dynamo
     backbone, size = build_backbone(backbone_name)
     apply_peft(backbone, ROUND_TRIP_CASES[method][0](backbone, tmp_path))
     randomize_peft(backbone)
-    backbone.eval()
+    backbone.train(train)
     x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
     trainable = {n: p for n, p in backbone.named_parameters() if p.requires_grad}
 
     def run(net):
+        torch.manual_seed(0)
         outs = flatten_outputs(net(x))
         probe_loss(outs).backward()
         grads = {n: p.grad.clone() for n, p in trainable.items()}
@@ -84,6 +86,16 @@ def check_equal(method, eager, compiled):
 @pytest.mark.parametrize('method,backbone_name', REPRESENTATIVE)
 def test_traced_equals_eager_for_each_mechanism(tmp_path, method, backbone_name):
     check_equal(method, *eager_and_compiled(method, backbone_name, tmp_path, 'aot_eager'))
+
+
+# training-time randomness under dynamo: SPT-LoRA's q / k / v LoRAs share one dropout draw through
+# Python state kept across three hooks (SharedDropout), plus drop-path on every structured module
+# (official defaults 0.1 / 0.1); Adapter+'s drop-path on Swin
+@pytest.mark.parametrize('method,backbone_name', [('SPTLoRA', 'mmpretrain_vit'),
+                                                  ('AdapterPlus', 'mmpretrain_swin')])
+def test_traced_training_draws_equal_eager(tmp_path, method, backbone_name):
+    check_equal(method, *eager_and_compiled(method, backbone_name, tmp_path, 'aot_eager',
+                                            train=True))
 
 
 @pytest.mark.slow  # one inductor compilation (~90 s on 2 cores)
