@@ -7,10 +7,13 @@ gradients of every trainable tensor.
 Compiling is slow on CPU (dynamo tracing the hooks: ~10 s a case on 2 cores; inductor's C++
 codegen: 30-120 s). The default tier traces the two cases that cover every mechanism with the
 ``aot_eager`` backend (dynamo + AOTAutograd: the graph capture, the custom autograd ops and the
-backward, without codegen); the slow tier compiles one with inductor; the per-method inductor
+backward, without codegen), and two in training mode whose random draws (SPT-LoRA's dropout
+shared by q / k / v through Python state across hooks, drop-path) must equal eager's under the same
+seed; the slow tier compiles one with inductor; the per-method inductor
 sweep on three backbones (~1 h) is in the long tier. ``benchmarks/peft_cost.py --compile`` runs
 inductor per method on ViT-B/16 (outputs and gradients checked there too; table in
-``benchmarks/README.md``).
+``benchmarks/README.md``). The gradients come from :func:`probe_loss`, which the output
+LayerNorms cannot make constant.
 """
 import pytest
 import torch
