@@ -23,7 +23,9 @@ AdaptFormer-8 (added later): 78.6 against the linear probe's 63.0 in the same ru
 methods outside the VTAB-1k suite (``OUTSIDE``: their PEFT lines on the suite's stock config,
 written here) and their first measure, against the linear probe's 59.2: Adapter+ 76.7, FacT-TT
 (d=8) 80.8, FacT-TK (d=8) 78.4, GLoRA 75.6 (its support searched first by ``glora_search.py``:
-supernet with this recipe, 2 search rounds scored on val200, under 8k parameters).
+supernet with this recipe, 2 search rounds scored on val200, under 8k parameters); the same
+figures in the whole check with them (linear 59.2), which took 1,314 s with the 2 cores shared
+(load average 12-18; the four add roughly 40 % to the check's CPU time).
 Cost: ~170 s of CPU time in all (two single-thread drivers: ~1.5 min on 2 idle cores; 4 min on
 a 2-core machine shared with other jobs).
 """
