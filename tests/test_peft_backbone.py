@@ -1,11 +1,14 @@
 """mmssf.PeftBackbone inside a whole model: pretrained weights survive the Runner's init."""
+import pytest
 import torch
 
 
-def test_parent_init_cfg_does_not_overwrite_pretrained_backbone(tmp_path):
+@pytest.mark.parametrize('method', ['SSF', 'BitFit'])
+def test_parent_init_cfg_does_not_overwrite_pretrained_backbone(tmp_path, method):
     """mmpretrain classifiers carry a model-level init_cfg (TruncNormal over every Linear); the
     Runner's ``model.init_weights()`` applies it to the backbone too, and the backbone must then
-    reload its pretrained weights as the stock flow does. PEFT tensors stay as they were."""
+    reload its pretrained weights as the stock flow does. PEFT tensors stay as they were; the
+    stock tensors a method trains (BitFit's biases) start from the pretrained values too."""
     import mmssf  # noqa: F401
     from mmengine.registry import init_default_scope
     from mmpretrain.models.backbones import VisionTransformer
@@ -15,11 +18,14 @@ def test_parent_init_cfg_does_not_overwrite_pretrained_backbone(tmp_path):
     torch.manual_seed(0)
     pretrained = VisionTransformer(arch=arch, img_size=32, patch_size=8)
     pretrained.init_weights()
+    with torch.no_grad():  # no value the parent's init could write (its biases are 0)
+        for p in pretrained.parameters():
+            p.add_(torch.rand_like(p) + 0.5)
     torch.save(pretrained.state_dict(), tmp_path / 'pretrained.pth')
     model = MODELS.build(dict(
         type='ImageClassifier',
         backbone=dict(type='mmssf.PeftBackbone', stock_type='VisionTransformer',
-                      peft=dict(type='SSF'), arch=arch, img_size=32, patch_size=8,
+                      peft=dict(type=method), arch=arch, img_size=32, patch_size=8,
                       init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'pretrained.pth'))),
         head=dict(type='VisionTransformerClsHead', num_classes=5, in_channels=32),
         init_cfg=[dict(type='TruncNormal', layer='Linear', std=0.02, bias=0.),

@@ -50,13 +50,14 @@ def PeftBackbone(stock_type, peft, peft_checkpoint=None, **stock_kwargs):
         find_table(tuned)
     except TypeError as err:
         raise TypeError(f'mmssf.PeftBackbone cannot tune {stock_type!r}: {err}') from None
-    if hasattr(backbone, 'init_weights'):
-        if not loaded_in_init:
-            backbone.init_weights()
-        _reload_after_parent_init(backbone, build_stock if loaded_in_init else None)
+    if hasattr(backbone, 'init_weights') and not loaded_in_init:
+        backbone.init_weights()
     method = apply_peft(tuned, peft)
     if peft_checkpoint:
         load_peft(tuned, peft_checkpoint)
+    if hasattr(backbone, 'init_weights'):
+        _reload_after_parent_init(backbone, build_stock if loaded_in_init else None,
+                                  peft_checkpoint)
     print_log(f'mmssf: {type(method).__name__} on {type(tuned).__name__}: '
               f'{method.num_trainable(tuned):,} trainable backbone parameters', logger='current',
               level=logging.INFO)
@@ -64,7 +65,7 @@ def PeftBackbone(stock_type, peft, peft_checkpoint=None, **stock_kwargs):
 
 
 
-def _reload_after_parent_init(backbone, rebuild=None):
+def _reload_after_parent_init(backbone, rebuild=None, peft_checkpoint=None):
     """Let the Runner's ``model.init_weights()`` run the stock backbone init once more.
 
     A parent's ``init_cfg`` (mmpretrain's classifiers: TruncNormal over every Linear, Constant
@@ -80,17 +81,19 @@ def _reload_after_parent_init(backbone, rebuild=None):
     result is what a fresh build holds, so the stock tensors are copied from one (built with the
     random state left as it was).
 
-    PEFT tensors (and the stock tensors a method trains, e.g. BitFit's biases, possibly from a
-    ``peft_checkpoint``) keep the values they had before the call.
+    PEFT tensors are no stock module's weight / bias: neither init touches them. The stock
+    tensors a method trains (BitFit's biases) get their pretrained values back like every other
+    stock tensor; with a ``peft_checkpoint`` that file is loaded again afterwards, as the stock
+    init loads its pretrained file again (never a snapshot taken at the call: by then the
+    parent's init has already overwritten those tensors).
     """
     stock_init = type(backbone).init_weights
 
     def init_weights(self):
         method = get_peft(unwrap(self))
-        kept = method.peft_state_dict(unwrap(self)) if method else {}
         if rebuild is None:
             self._is_init = False
-            quiet = _OnlyPeftKeysMissing(kept)
+            quiet = _OnlyPeftKeysMissing(method.peft_state_dict(unwrap(self)) if method else {})
             logger = MMLogger.get_current_instance()
             logger.addFilter(quiet)
             try:
@@ -99,8 +102,8 @@ def _reload_after_parent_init(backbone, rebuild=None):
                 logger.removeFilter(quiet)
         else:
             _copy_stock_tensors(self, rebuild)
-        if method:
-            method.load_peft_state_dict(unwrap(self), kept)
+        if peft_checkpoint:
+            load_peft(unwrap(self), peft_checkpoint)
         self._is_init = True
         del self.init_weights  # once: later calls see the plain (initialised) backbone
 
