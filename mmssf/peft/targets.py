@@ -303,27 +303,15 @@ def window_attention_width(msa: nn.Module) -> int:
     return msa.qkv.in_features
 
 
-def window_attention_with_leading_tokens(msa: nn.Module, x: torch.Tensor, lead: torch.Tensor,
+def window_attention_with_leading_tokens(msa: nn.Module, x: torch.Tensor, num: int,
                                          mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """mmcv ``WindowMSA``'s computation on windows ``x`` (``windows x area x C``, stacked
-    image-major) each preceded by its image's extra tokens ``lead`` (``images x num x C``, VPT's
-    prompts): zero relative-position bias on their rows and columns, and never masked; the window
-    tokens see the stock bias and (shifted-window) mask. Returns ``windows x (num + area) x C``.
-
-    The extra tokens' q / k / v are the same in every window of an image, so they are projected
-    once per image and shown to its windows by one concatenation (not projected once per window
-    from a per-window copy of the tokens: at 50 prompts and 49-token windows that was half of
-    the qkv matmul and two copies of the input)."""
-    windows, area, channels = x.shape
-    images, num, _ = lead.shape
-    per_image = windows // images
-    total = num + area
+    """mmcv ``WindowMSA``'s computation on windows ``x`` (``windows x (num + area) x C``) whose
+    first ``num`` tokens are extra (VPT's prompts): zero relative-position bias on their rows and
+    columns, and never masked; the window tokens see the stock bias and (shifted-window) mask."""
+    windows, total, channels = x.shape
+    area = total - num
     heads = msa.num_heads
-    lead_qkv = msa.qkv(lead.to(x.dtype))
-    window_qkv = msa.qkv(x)
-    qkv = torch.cat([lead_qkv.unsqueeze(1).expand(images, per_image, num, lead_qkv.shape[-1]),
-                     window_qkv.view(images, per_image, area, -1)], dim=2)
-    qkv = qkv.view(windows, total, 3, heads, channels // heads).permute(2, 0, 3, 1, 4)
+    qkv = msa.qkv(x).reshape(windows, total, 3, heads, channels // heads).permute(2, 0, 3, 1, 4)
     attn = (qkv[0] * msa.scale) @ qkv[1].transpose(-2, -1)
     bias = msa.relative_position_bias_table[msa.relative_position_index.view(-1)]
     bias = bias.view(area, area, -1).permute(2, 0, 1)

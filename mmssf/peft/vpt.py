@@ -187,8 +187,11 @@ class SwinBlockPrompts(_PromptUnit):
         if prompts is None:
             return stock_forward(x, mask=mask)
         batch, num, channels = prompts.shape
-        per_image = x.shape[0] // batch  # windows are stacked image-major
-        out = window_attention_with_leading_tokens(msa, x, prompts, mask)
+        windows = x.shape[0]
+        per_image = windows // batch  # windows are stacked image-major
+        prompts = prompts.unsqueeze(1).expand(batch, per_image, num, channels)
+        x = torch.cat([prompts.reshape(windows, num, channels).to(x.dtype), x], dim=1)
+        out = window_attention_with_leading_tokens(msa, x, num, mask)
         self.prompts_in = None
         self.prompts_out = out[:, :num].reshape(batch, per_image, num, channels).mean(1)
         return out[:, num:]
