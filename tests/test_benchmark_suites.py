@@ -271,6 +271,34 @@ def test_result_table_has_both_averages_and_the_paper_columns():
     assert len(csv_lines) == 1 + 19 + 3 + 2
 
 
+def test_result_table_uses_the_printed_means_of_a_row_without_task_numbers():
+    """SNELL's VTAB-1k row holds only Table 1's group means: a run over a whole group shows the
+    printed group mean, a run over every task the printed mean of its convention; a partial
+    group shows none (the printed mean is over the whole group)."""
+    paper = papers(VTAB)['snell']
+    assert all(v is None for v in paper.accuracy.values())
+    results = {t: dict(accuracy=80.0, trainable_params=1) for t in VTAB.tasks}
+    rows = {r.label: r for r in ResultTable(VTAB, 'snell', 'official', VTAB.tasks, results,
+                                            paper).rows()}
+    assert (rows['Natural mean (7/7)'].paper, rows['Specialized mean (4/4)'].paper,
+            rows['Structured mean (8/8)'].paper) == (82.7, 86.1, 61.8)
+    assert rows['mean of 3 group means'].paper == 76.9  # the "groups" convention of its table
+    assert rows['mean of 19 tasks'].paper is None
+    natural = {t: results[t] for t in VTAB.tasks if VTAB.group_of[t] == 'Natural'}
+    part = {t: results[t] for t in list(natural)[:3]}
+    rows = {r.label: r for r in ResultTable(VTAB, 'snell', 'official', VTAB.tasks, part,
+                                            paper).rows()}
+    assert rows['Natural mean (3/7)'].paper is None and rows['mean of 1 group means'].paper is None
+    rows = {r.label: r for r in ResultTable(VTAB, 'snell', 'official', VTAB.tasks, natural,
+                                            paper).rows()}
+    assert rows['Natural mean (7/7)'].paper == 82.7 and rows['mean of 7 tasks'].paper is None
+    # a row with task numbers is unchanged: its means are computed from them
+    ssf = papers(VTAB)['ssf']
+    rows = {r.label: r for r in ResultTable(VTAB, 'ssf', 'official', VTAB.tasks, results,
+                                            ssf).rows()}
+    assert rows['mean of 19 tasks'].paper == pytest.approx(73.10, abs=0.01)
+
+
 # ----------------------------------------------------------------------------------- readers
 @pytest.fixture(scope='module')
 def vtab_root(tmp_path_factory):
