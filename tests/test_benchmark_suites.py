@@ -91,6 +91,40 @@ RLRR_VTAB = {
     'cifar': (3e-3, 5e-5, 0.1, False),           # get_cifar_config
 }
 
+# (lr, weight decay, total batch, epochs, sparsity = --init_thres) from ssfgunner/SNELL
+# scripts/vtab/snell32/vit_<name>_snell.sh (all: --low_rank_dim 32, adamw, 1 GPU, --no_aug
+# --direct_resize; drop-path 0.1 and warm-up 10: train.py's defaults)
+SNELL_VTAB = {
+    'cifar': (1e-3, 1e-2, 16, 200, 0.9),               # vit_cifar_snell.sh
+    'caltech101': (1e-3, 1e-2, 16, 200, 0.4),          # vit_caltech_snell.sh
+    'dtd': (1e-3, 1e-2, 64, 200, 0.995),               # vit_dtd_snell.sh
+    'oxford_flowers102': (1e-3, 1e-2, 32, 200, 0.9),   # vit_flower_snell.sh
+    'oxford_iiit_pet': (1e-3, 1e-2, 32, 200, 0.5),     # vit_pets_snell.sh
+    'svhn': (1e-3, 1e-2, 32, 200, 0.0),                # vit_svhn_snell.sh
+    'sun397': (1e-3, 1e-3, 32, 200, 0.99),             # vit_sun397_snell.sh
+    'patch_camelyon': (7e-4, 5e-2, 16, 100, 0.15),     # vit_camelyon_snell.sh
+    'eurosat': (1e-3, 4e-4, 16, 100, 0.5),             # vit_eurosat_snell.sh
+    'resisc45': (1e-3, 1e-2, 32, 100, 0.0),            # vit_resisc_snell.sh
+    'diabetic_retinopathy': (1e-3, 5e-2, 32, 100, 0.5),  # vit_retino_snell.sh
+    'clevr_count': (1e-3, 1e-2, 16, 100, 0.1),         # vit_clevr_count_snell.sh
+    'clevr_dist': (1e-3, 1e-3, 16, 100, 0.74),         # vit_clevr_dist_snell.sh
+    'dmlab': (1e-3, 1e-4, 8, 100, 0.0),                # vit_dmlab_snell.sh
+    'kitti': (1e-3, 1e-2, 8, 100, 0.37),               # vit_kitti_snell.sh
+    'dsprites_loc': (1e-3, 1e-2, 16, 100, 0.0),        # vit_dloc_snell.sh
+    'dsprites_ori': (1e-3, 1e-2, 8, 100, 0.88),        # vit_dori_snell.sh
+    'smallnorb_azi': (1e-3, 1e-2, 16, 100, 0.0),       # vit_snorbazi_snell.sh
+    'smallnorb_ele': (1e-3, 1e-3, 16, 200, 0.08),      # vit_snorbele_snell.sh
+}
+# (lr, weight decay, sparsity) from ssfgunner/SNELL scripts/fgvc/snell32/vit_<name>_snell.sh
+# (all: --low_rank_dim 32, batch 32, 100 epochs, adamw, 1 GPU, timm's train transform)
+SNELL_FGVC = {
+    'cub': (1e-3, 1e-2, 0.3),             # vit_cub_snell.sh
+    'nabirds': (5e-4, 1e-2, 0.1),         # vit_nabirds_snell.sh
+    'oxford_flowers': (1e-3, 1e-2, 0.8),  # vit_flowers_snell.sh
+    'stanford_dogs': (3e-4, 5e-3, 0.1),   # vit_dogs_snell.sh
+    'stanford_cars': (1e-3, 1e-2, 0.0),   # vit_cars_snell.sh
+}
+
 
 def test_ssf_vtab1k_rows_are_the_official_scripts():
     table = recipes(VTAB)['ssf']
@@ -122,6 +156,45 @@ def test_rlrr_rows_are_its_config_file():
         assert 'RLRRDatasets/VTABConfig.py' in r.source
 
 
+def test_snell_rows_are_the_official_scripts_rank_and_sparsity_included():
+    vtab, fgvc = recipes(VTAB)['snell'], recipes(FGVC_SUITE)['snell']
+    assert set(vtab) == set(SNELL_VTAB) == set(VTAB.tasks)
+    for task, (lr, wd, batch, epochs, sparsity) in SNELL_VTAB.items():
+        r = vtab[task]
+        assert (r.lr, r.weight_decay, r.batch_size, r.epochs) == (lr, wd, batch, epochs), task
+        assert dict(r.peft_options) == dict(r=32, sparsity=sparsity), task
+        assert (r.drop_path, r.warmup_epochs, r.optimizer, r.train_aug, r.ema_decay) == \
+            (0.1, 10, 'adamw', 'none', None), task
+        assert r.source.startswith('ssfgunner/SNELL scripts/vtab/snell32/'), r.source
+    assert set(fgvc) == set(SNELL_FGVC) == set(FGVC_SUITE.tasks)
+    for task, (lr, wd, sparsity) in SNELL_FGVC.items():
+        r = fgvc[task]
+        assert (r.lr, r.weight_decay, r.batch_size, r.epochs) == (lr, wd, 32, 100), task
+        assert dict(r.peft_options) == dict(r=32, sparsity=sparsity), task
+        assert (r.drop_path, r.warmup_epochs, r.train_aug) == (0.1, 10, 'rrc_flip'), task
+        assert r.source.startswith('ssfgunner/SNELL scripts/fgvc/snell32/'), r.source
+
+
+def test_recipe_peft_options_reach_the_method_config_and_its_model():
+    """A row's peft_options land in model.backbone.peft (the SNELL config's own 0.9 is replaced
+    by the task's sparsity) and the built method uses them; a config without a peft dict is an
+    error naming the recipe."""
+    from mmengine.registry import MODELS, init_default_scope
+    recipe = recipes(VTAB)['snell']['dtd']
+    cfg = run_config(Config.fromfile(VTAB.method_config('snell')), VTAB, 'dtd', '/data',
+                     *VTAB.splits['official'], recipe)
+    peft = cfg.model.backbone.peft
+    assert (peft.r, peft.sparsity) == (32, 0.995) and peft.drop_path == 0.1
+    init_default_scope('mmpretrain')
+    backbone = MODELS.build(dict(cfg.model.backbone.to_dict(), arch=TINY_ARCH, img_size=32,
+                                 patch_size=16, init_cfg=None))
+    factors = {n: p.shape for n, p in backbone.named_parameters() if n.endswith('snell_in')}
+    assert factors and all(shape[-1] == 32 // 2 for shape in factors.values())  # r / P
+    with pytest.raises(KeyError, match='snell/dtd sets peft_options'):
+        run_config(Config.fromfile(osp.join(VTAB.config_dir, VTAB.stock_config_name)), VTAB,
+                   'dtd', '/data', *VTAB.splits['official'], recipe)
+
+
 @pytest.mark.parametrize('suite', SUITES, ids=lambda s: s.name)
 def test_every_method_has_a_sourced_recipe_for_every_task(suite):
     table = recipes(suite)
@@ -136,13 +209,17 @@ def test_every_method_has_a_sourced_recipe_for_every_task(suite):
 def test_recipe_table_errors_name_file_and_line(tmp_path):
     header = open(VTAB.recipes_file).read().split('\n')
     header = next(line for line in header if line.startswith('method,'))
-    good = 'ssf,dtd,1e-3,0,0,100,64,10,adamw,none,,,,a script'
+    good = 'ssf,dtd,1e-3,0,0,100,64,10,adamw,none,,,,,a script'
     cases = {  # body -> (message, line)
-        'ssf,dtdd,1e-3,0,0,100,64,10,adamw,none,,,,a script': ("unknown task 'dtdd'", 3),
+        'ssf,dtdd,1e-3,0,0,100,64,10,adamw,none,,,,,a script': ("unknown task 'dtdd'", 3),
         good + '\n# a comment line\n' + good: ('a second row', 5),
-        'ssf,dtd,fast,0,0,100,64,10,adamw,none,,,,a script': ('lr must be a float', 3),
-        'ssf,dtd,1e-3,0,0,100,64,10,lamb,none,,,,a script': ('optimizer must be one of', 3),
-        'ssf,dtd,1e-3,0,0,100,64,10,adamw,none,,,,': ('needs its source', 3),
+        'ssf,dtd,fast,0,0,100,64,10,adamw,none,,,,,a script': ('lr must be a float', 3),
+        'ssf,dtd,1e-3,0,0,100,64,10,lamb,none,,,,,a script': ('optimizer must be one of', 3),
+        'ssf,dtd,1e-3,0,0,100,64,10,adamw,none,,,,,': ('needs its source', 3),
+        'ssf,dtd,1e-3,0,0,100,64,10,adamw,none,,,,r 32,a script': ('key=value pairs', 3),
+        'ssf,dtd,1e-3,0,0,100,64,10,adamw,none,,,,r=32 r=8,a script': ("sets 'r' twice", 3),
+        'ssf,dtd,1e-3,0,0,100,64,10,adamw,none,,,,r=big,a script': ('r=.big. is not a number', 3),
+        'ssf,dtd,1e-3,0,0,100,64,10,adamw,none,,,a script': ('expected 15 comma-separated', 3),
     }
     for body, (message, line) in cases.items():
         path = tmp_path / 'recipes.csv'
@@ -192,6 +269,34 @@ def test_result_table_has_both_averages_and_the_paper_columns():
     csv_lines = table.csv().splitlines()
     assert csv_lines[0].startswith('suite,method,protocol,row,group,ours,paper,diff')
     assert len(csv_lines) == 1 + 19 + 3 + 2
+
+
+def test_result_table_uses_the_printed_means_of_a_row_without_task_numbers():
+    """SNELL's VTAB-1k row holds only Table 1's group means: a run over a whole group shows the
+    printed group mean, a run over every task the printed mean of its convention; a partial
+    group shows none (the printed mean is over the whole group)."""
+    paper = papers(VTAB)['snell']
+    assert all(v is None for v in paper.accuracy.values())
+    results = {t: dict(accuracy=80.0, trainable_params=1) for t in VTAB.tasks}
+    rows = {r.label: r for r in ResultTable(VTAB, 'snell', 'official', VTAB.tasks, results,
+                                            paper).rows()}
+    assert (rows['Natural mean (7/7)'].paper, rows['Specialized mean (4/4)'].paper,
+            rows['Structured mean (8/8)'].paper) == (82.7, 86.1, 61.8)
+    assert rows['mean of 3 group means'].paper == 76.9  # the "groups" convention of its table
+    assert rows['mean of 19 tasks'].paper is None
+    natural = {t: results[t] for t in VTAB.tasks if VTAB.group_of[t] == 'Natural'}
+    part = {t: results[t] for t in list(natural)[:3]}
+    rows = {r.label: r for r in ResultTable(VTAB, 'snell', 'official', VTAB.tasks, part,
+                                            paper).rows()}
+    assert rows['Natural mean (3/7)'].paper is None and rows['mean of 1 group means'].paper is None
+    rows = {r.label: r for r in ResultTable(VTAB, 'snell', 'official', VTAB.tasks, natural,
+                                            paper).rows()}
+    assert rows['Natural mean (7/7)'].paper == 82.7 and rows['mean of 7 tasks'].paper is None
+    # a row with task numbers is unchanged: its means are computed from them
+    ssf = papers(VTAB)['ssf']
+    rows = {r.label: r for r in ResultTable(VTAB, 'ssf', 'official', VTAB.tasks, results,
+                                            ssf).rows()}
+    assert rows['mean of 19 tasks'].paper == pytest.approx(73.10, abs=0.01)
 
 
 # ----------------------------------------------------------------------------------- readers

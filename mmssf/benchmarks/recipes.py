@@ -2,17 +2,21 @@
 
 One row per (method, task) — or task ``*`` for every task of the suite — with the learning rate,
 weight decay, drop-path, epochs, total batch size, warm-up epochs, optimizer, augmentation,
-weight EMA and the candidate grids of the ``val`` protocol, plus the ``source`` the values were
-read from (an official script, or "our choice: ..." where none exists). A task row wins over the
-``*`` row of its method. Lines starting with ``#`` are comments.
+weight EMA, the candidate grids of the ``val`` protocol and the method options the source sets
+per task (``peft_options``: ``key=value`` pairs, space separated, written into the method
+config's ``model.backbone.peft``, e.g. SNELL's rank and sparsity ``r=32 sparsity=0.9``), plus
+the ``source`` the values were read from (an official script, or "our choice: ..." where none
+exists). A task row wins over the ``*`` row of its method. Lines starting with ``#`` are comments.
 """
+import ast
 import csv
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 OPTIMIZERS = ('adamw', 'sgd')
 COLUMNS = ('method', 'task', 'lr', 'weight_decay', 'drop_path', 'epochs', 'batch_size',
-           'warmup_epochs', 'optimizer', 'train_aug', 'ema_decay', 'lr_grid', 'wd_grid', 'source')
+           'warmup_epochs', 'optimizer', 'train_aug', 'ema_decay', 'lr_grid', 'wd_grid',
+           'peft_options', 'source')
 
 
 @dataclass(frozen=True)
@@ -31,11 +35,14 @@ class Recipe:
     ema_decay: Optional[float]
     lr_grid: Tuple[float, ...] = field(default=())
     wd_grid: Tuple[float, ...] = field(default=())
+    # ((option, value), ...) for the method config's model.backbone.peft
+    peft_options: Tuple[Tuple[str, object], ...] = field(default=())
     source: str = ''
 
     def to_dict(self) -> dict:
         out = asdict(self)
         out['lr_grid'], out['wd_grid'] = list(self.lr_grid), list(self.wd_grid)
+        out['peft_options'] = dict(self.peft_options)
         return out
 
     def candidates(self) -> List[Tuple[float, float]]:
@@ -53,6 +60,24 @@ def _number(text: str, kind, where: str, name: str):
 
 def _grid(text: str, where: str, name: str) -> Tuple[float, ...]:
     return tuple(_number(v, float, where, name) for v in text.split())
+
+
+def _options(text: str, where: str) -> Tuple[Tuple[str, object], ...]:
+    """``'r=32 sparsity=0.9'`` -> ``(('r', 32), ('sparsity', 0.9))`` (values: Python literals)."""
+    out = {}
+    for item in text.split():
+        key, sep, value = item.partition('=')
+        if not sep or not key.isidentifier():
+            raise ValueError(f'{where}: peft_options must be key=value pairs separated by '
+                             f'spaces, got {item!r}')
+        if key in out:
+            raise ValueError(f'{where}: peft_options sets {key!r} twice')
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise ValueError(f'{where}: peft_options {key}={value!r} is not a number, '
+                             'True / False or a quoted string') from None
+    return tuple(out.items())
 
 
 def read_recipe_rows(path: str) -> List[Tuple[int, dict]]:
@@ -73,7 +98,8 @@ def load_recipes(path: str, tasks: Sequence[str],
     """``{method: {task: Recipe}}`` for every task of the suite, ``*`` rows expanded.
 
     Errors name the file and line: an unknown task, a duplicate row, a value that is not a
-    number, an unknown optimizer or augmentation, an empty source.
+    number, an unknown optimizer or augmentation, malformed peft_options, an empty source.
+    (Whether the method takes those options is checked where its config is built.)
     """
     explicit: Dict[Tuple[str, str], Recipe] = {}
     for number, row in read_recipe_rows(path):
@@ -104,6 +130,7 @@ def load_recipes(path: str, tasks: Sequence[str],
             if row['ema_decay'].strip() else None,
             lr_grid=_grid(row['lr_grid'], where, 'lr_grid'),
             wd_grid=_grid(row['wd_grid'], where, 'wd_grid'),
+            peft_options=_options(row['peft_options'], where),
             source=row['source'].strip())
     table: Dict[str, Dict[str, Recipe]] = {}
     for method in dict.fromkeys(m for m, _ in explicit):
@@ -112,6 +139,7 @@ def load_recipes(path: str, tasks: Sequence[str],
             recipe = explicit.get((method, task)) or explicit.get((method, '*'))
             if recipe is not None:
                 per_task[task] = Recipe(**dict(asdict(recipe), task=task,
-                                               lr_grid=recipe.lr_grid, wd_grid=recipe.wd_grid))
+                                               lr_grid=recipe.lr_grid, wd_grid=recipe.wd_grid,
+                                               peft_options=recipe.peft_options))
         table[method] = per_task
     return table

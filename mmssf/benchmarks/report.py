@@ -81,13 +81,27 @@ class ResultTable:
             if key in mine and len(self.suite.groups) > 1:
                 size = sum(self.suite.group_of[t] == group for t in self.suite.tasks)
                 have = sum(self.suite.group_of[t] == group for t in done)
-                rows.append(Row(f'{group} mean ({have}/{size})', group, mine[key], paper[key]))
+                rows.append(Row(f'{group} mean ({have}/{size})', group, mine[key],
+                                paper[key] if paper[key] is not None or have < size
+                                else self._printed_group(group)))
                 n_groups += 1
         if done:
-            rows.append(Row(f'mean of {len(done)} tasks', '', mine['tasks'], paper['tasks']))
+            complete = len(done) == len(self.suite.tasks)
+            rows.append(Row(f'mean of {len(done)} tasks', '', mine['tasks'],
+                            self._printed(paper['tasks'], 'tasks', complete)))
             rows.append(Row(f'mean of {n_groups or 1} group means', '', mine['groups'],
-                            paper['groups']))
+                            self._printed(paper['groups'], 'groups', complete)))
         return rows
+
+    # (a paper row without per-task numbers: the means the paper prints stand in, but only
+    # where the run covers the whole group / suite those means are over)
+    def _printed_group(self, group: str) -> Optional[float]:
+        return self.paper.groups_reported.get(group) if self.paper else None
+
+    def _printed(self, computed, convention, complete) -> Optional[float]:
+        if computed is not None or not complete or self.paper is None:
+            return computed
+        return self.paper.mean_reported if self.paper.mean_convention == convention else None
 
     def paper_note(self) -> str:
         if self.paper is None:
@@ -101,7 +115,8 @@ class ResultTable:
                 f'{convention}' + (f' (groups: {groups})' if groups else '') + '.')
         if missing:
             text += (f' No per-task value for {", ".join(missing)}: averages that need it are '
-                     'left blank on the paper side.')
+                     'left blank on the paper side, except the means the paper prints, shown '
+                     'where the run covers their whole group or all tasks.')
         return text
 
     def budget_note(self) -> str:

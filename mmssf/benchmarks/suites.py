@@ -208,6 +208,13 @@ def run_config(cfg, suite: Suite, task: str, data_root: str, train_split: str, e
         hooks.append(dict(type='EMAHook', momentum=1 - recipe.ema_decay, update_buffers=True,
                           priority='ABOVE_NORMAL'))
     cfg.custom_hooks = hooks
+    if recipe.peft_options:
+        peft = cfg.model.backbone.get('peft')
+        if peft is None:
+            raise KeyError(f'recipe {recipe.method}/{task} sets peft_options '
+                           f'{dict(recipe.peft_options)} but the config has no '
+                           'model.backbone.peft')
+        peft.update(dict(recipe.peft_options))
     if spt_allocation is not None:
         cfg.model.backbone.peft.allocation = spt_allocation
     return cfg

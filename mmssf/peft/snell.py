@@ -300,7 +300,8 @@ class SNELL(PeftMethod):
             code does. Default True.
     """
     unit_cls = SNELLUnit
-    card = MethodCard(zoo='snell', folder='snell', label='SNELL-8 (all block Linears, s=0.9)',
+    card = MethodCard(zoo='snell', folder='snell', suites=('vtab1k', 'fgvc'),
+                      label='SNELL-8 (all block Linears, s=0.9)',
                       count='r·(in + out) per Linear, separate q / k / v, + the class token '
                             '(the paper gives no counts, App. E.1)')
     default_targets = ('qkv', 'proj', 'fc1', 'fc2')
