@@ -37,7 +37,8 @@ MODELS = {
 }
 MERGEABLE = [dict(type='SSF'), dict(type='LoRA', targets=['qkv', 'proj', 'fc1', 'fc2'], r=4),
              dict(type='DoRA', r=4), dict(type='RLRR'), dict(type='SNELL', r=4),
-             dict(type='BitFit'), dict(type='Linear'), dict(type='Full')]
+             dict(type='BitFit'), dict(type='Linear'), dict(type='Full'),
+             dict(type='FacTTT', r=4), dict(type='FacTTK', r=4), dict(type='GLoRA', r=2)]
 REFUSED = [dict(type='VPTShallow', num_prompts=3), dict(type='VPTDeep', num_prompts=3),
            dict(type='Adapter', r=4), dict(type='Mona', r=8),
            dict(type='AdaptFormer', r=4), dict(type='AdapterPlus', r=4)]
@@ -88,6 +89,12 @@ def test_ssf_equals_the_official_formula():
 def test_merge_gives_timm_keys_and_the_tuned_outputs(name, cfg):
     model, x = build(name)
     stock_keys = list(model.state_dict())
+    if (name, cfg['type']) in MERGE_NOT_SUPPORTED:
+        error, match = MERGE_NOT_SUPPORTED[(name, cfg['type'])]
+        with pytest.raises(error, match=match):
+            apply_peft(model, cfg)
+            merged_state_dict(model)
+        return
     apply_peft(model, cfg)
     randomize_peft(model)
     with torch.no_grad():
@@ -100,6 +107,11 @@ def test_merge_gives_timm_keys_and_the_tuned_outputs(name, cfg):
         torch.testing.assert_close(fresh(x), tuned, rtol=1e-5, atol=1e-5)
 
 
+MERGE_NOT_SUPPORTED = {  # (model, method) -> (error, its message): EVA-02's SwiGLU and bias-free k
+    ('eva02', 'FacTTT'): (ValueError, 'FacT needs a weight whose sizes are multiples of the token'),
+    ('eva02', 'FacTTK'): (ValueError, 'FacT needs a weight whose sizes are multiples of the token'),
+    ('eva02', 'GLoRA'): (MergeError, r"C and E add a bias, which this Linear lacks \(set C=E='none'"),
+}
 NOT_SUPPORTED = {  # (model, method) -> the clear error
     ('eva02', 'VPTShallow'): 'cannot prompt timm Eva: its attention applies a rotary position',
     ('eva02', 'VPTDeep'): 'cannot prompt timm Eva: its attention applies a rotary position',
