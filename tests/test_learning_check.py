@@ -56,6 +56,7 @@ RECIPES = {
     'bitfit': (0.03, {}),
     'lora': (0.01, {}),
     'rlrr': (0.03, {}),
+    'snell': (0.03, dict(r=8)),
     'adapter': (0.1, {}),
     'adaptformer': (0.1, {}),
     'vpt-deep': (0.1, dict(num_prompts=8)),
