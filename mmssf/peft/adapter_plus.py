@@ -35,7 +35,7 @@ from mmcv.cnn.bricks.drop import drop_path
 from torch import nn
 
 from ..registry import PEFT_METHODS
-from .adaptformer import BlockAdapterMethod, BlockAdapterUnit
+from .block_adapter import BlockAdapterMethod, BlockAdapterUnit
 from .card import MethodCard
 from .options import Option, OptionError
 

@@ -43,14 +43,14 @@ adapter's activations for backward — O(tokens · (d + 5m)) per adapter — lik
 adapter; the frozen backbone keeps what its backward to the earlier adapters needs.
 """
 import math
-import re
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..registry import PEFT_METHODS
-from .base import PeftMethod, PeftUnit
+from .base import PeftUnit
+from .block_adapter import BlockAdapterMethod
 from .card import MethodCard
 from .options import Option
 from .targets import token_map
@@ -211,7 +211,7 @@ class MonaUnit(PeftUnit):
 
 
 @PEFT_METHODS.register_module()
-class Mona(PeftMethod):
+class Mona(BlockAdapterMethod):
     """Mona adapters after the attention and after the MLP of every block (official placement).
 
     Args:
@@ -221,21 +221,6 @@ class Mona(PeftMethod):
     unit_cls = MonaUnit
     card = MethodCard(zoo='mona', folder='mona', label='Mona (bottleneck 64)',
                       count='2dm + 5d + m² + 88m per adapter, two per block (official code)')
-    mergeable = False
-
-    def target_specs(self):
-        if self.targets is None:
-            return [(token_map(self.table).blocks, {}, True)]
-        return super().target_specs()
-
-    def build_units(self, backbone):
-        units = super().build_units(backbone)
-        blocks = token_map(self.table).blocks
-        wrong = [u.name for u in units if not re.fullmatch(blocks, u.name)]
-        if wrong:
-            raise ValueError(f'Mona attaches to whole blocks ({blocks!r} in {self.table.name}); '
-                             f'these targets are not blocks: {wrong}')
-        return units
 
     def not_mergeable_reason(self):
         return ('Mona cannot be merged into the stock backbone: its adapters are non-linear '
