@@ -84,6 +84,13 @@ def test_ssf_equals_the_official_formula():
         torch.testing.assert_close(model(x), stock(x), rtol=1e-5, atol=1e-6)
 
 
+MERGE_NOT_SUPPORTED = {  # (model, method) -> (error, its message): EVA-02's SwiGLU and bias-free k
+    ('eva02', 'FacTTT'): (ValueError, 'FacT needs a weight whose sizes are multiples of the token'),
+    ('eva02', 'FacTTK'): (ValueError, 'FacT needs a weight whose sizes are multiples of the token'),
+    ('eva02', 'GLoRA'): (MergeError, r"C and E add a bias, which this Linear lacks \(set C=E='none'"),
+}
+
+
 @pytest.mark.parametrize('name', sorted(MODELS))
 @pytest.mark.parametrize('cfg', MERGEABLE, ids=lambda c: c['type'])
 def test_merge_gives_timm_keys_and_the_tuned_outputs(name, cfg):
@@ -107,11 +114,6 @@ def test_merge_gives_timm_keys_and_the_tuned_outputs(name, cfg):
         torch.testing.assert_close(fresh(x), tuned, rtol=1e-5, atol=1e-5)
 
 
-MERGE_NOT_SUPPORTED = {  # (model, method) -> (error, its message): EVA-02's SwiGLU and bias-free k
-    ('eva02', 'FacTTT'): (ValueError, 'FacT needs a weight whose sizes are multiples of the token'),
-    ('eva02', 'FacTTK'): (ValueError, 'FacT needs a weight whose sizes are multiples of the token'),
-    ('eva02', 'GLoRA'): (MergeError, r"C and E add a bias, which this Linear lacks \(set C=E='none'"),
-}
 NOT_SUPPORTED = {  # (model, method) -> the clear error
     ('eva02', 'VPTShallow'): 'cannot prompt timm Eva: its attention applies a rotary position',
     ('eva02', 'VPTDeep'): 'cannot prompt timm Eva: its attention applies a rotary position',
